@@ -1,0 +1,1 @@
+"""Images, videos and chat text into model inputs (never imports torch.nn)."""

@@ -1,0 +1,24 @@
+"""Shared test fixtures: where the reference data lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(os.environ.get("MINICPMV_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+
+
+def reference_path(*parts: str) -> Path:
+    """Path inside the reference folder, skipping the test (with the reason) when it is absent."""
+    p = REFERENCE_DIR.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"reference data {p} not found (set MINICPMV_REFERENCE_DIR to the folder of golden data)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return reference_path()
