@@ -63,3 +63,22 @@ def test_padded_row_equals_row_alone():
         alone = _full_logits(llm, x, None)
         batched = _full_logits(llm, padded, mask)[:, 3:]
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+def test_block_diagonal_mask_equals_separate_samples():
+    """Two samples packed in one row with a block-diagonal mask and restarting positions."""
+    llm = _tiny_llm(3)
+    a, b = torch.randn(1, 4, llm.cfg.hidden_size), torch.randn(1, 3, llm.cfg.hidden_size)
+    packed = torch.cat([a, b], 1)
+    seg = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    mask = (causal & (seg[:, None] == seg[None, :]))[None, None]  # [1, 1, 7, 7]
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    with torch.no_grad():
+        got = _full_logits_4d(llm, packed, mask, pos)
+        want = torch.cat([_full_logits(llm, a, None), _full_logits(llm, b, None)], 1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def _full_logits_4d(llm, embeds, mask, pos):
+    return llm.logits(llm(embeds, position_ids=pos, attention_mask=mask))

@@ -148,17 +148,24 @@ class Qwen3LM(nn.Module):
     ) -> torch.Tensor:
         """inputs_embeds [B, T, D] -> final hidden states [B, T, D] (after the last RMSNorm).
 
-        attention_mask: [B, S] over all keys (S = tokens already in `cache` + T), 1 = real token.
+        attention_mask: [B, S] over all keys (S = tokens already in `cache` + T), 1 = real token;
+            or a boolean [B, 1, T, S] mask used as is (True = attend; packed training samples).
         position_ids: [B, T]; default cumsum(attention_mask) - 1 (left padding) or past..past+T-1.
         """
         b, t, _ = inputs_embeds.shape
         past = cache.length if cache is not None else 0
-        if attention_mask is not None and attention_mask.shape != (b, past + t):
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != (batch {b}, past {past} + new {t})")
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask, past, t, b, inputs_embeds.device)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # A ready boolean mask [B, 1, T, S] (True = attend), e.g. block-diagonal for packed samples.
+            if position_ids is None:
+                raise ValueError("a 4D attention_mask needs explicit position_ids (they restart per packed sample)")
+            mask = attention_mask.bool()
+        else:
+            if attention_mask is not None and attention_mask.shape != (b, past + t):
+                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != (batch {b}, past {past} + new {t})")
+            if position_ids is None:
+                position_ids = default_position_ids(attention_mask, past, t, b, inputs_embeds.device)
+            mask = attention_bias_mask(attention_mask, past, t, inputs_embeds.device)
         cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
-        mask = attention_bias_mask(attention_mask, past, t, inputs_embeds.device)
         x = inputs_embeds
         for i, layer in enumerate(self.model.layers):
             if self.gradient_checkpointing and self.training:
