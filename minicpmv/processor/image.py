@@ -79,7 +79,7 @@ def load_image(
         return _decode(io.BytesIO(src), f"the {len(src)}-byte buffer", *opts)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
-        _check_is_file(path, name)
+        _check_is_file(path, os.fspath(src), name)
         try:
             with open(path, "rb") as f:
                 return _decode(f, f"file {str(path)!r}", *opts)
@@ -91,17 +91,18 @@ def load_image(
     )
 
 
-def _check_is_file(path: Path, name: str) -> None:
+def _check_is_file(path: Path, given: str | bytes, name: str) -> None:
     try:
         if path.is_file():
             return
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
     except OSError as e:  # e.g. a base64 string passed as a path: "File name too long"
         what = f"is not a usable path ({e.strerror})"
-    shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
-    hint = " (URLs and data URIs are not fetched: download or decode them and pass bytes)" if shown.startswith(
-        ("http://", "https://", "data:")
-    ) else ""
+    text = given if isinstance(given, str) else given.decode(errors="replace")
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    hint = ""
+    if text.startswith(("http://", "https://", "data:")):
+        hint = " (URLs and data URIs are not fetched: download or decode them and pass the bytes)"
     raise InputError(f"{name}: {shown!r} {what}; pass the path of an image file{hint}")
 
 
