@@ -344,8 +344,7 @@ class Processor:
                 units.append(_Unit([item], [-1], n_images if with_id else None, image_msn, name))
                 n_images += 1
                 continue
-            _check_groups(item.temporal_ids, len(item.frames), name)
-            start = 0
+            start = 0  # load_video checked that the groups cover the frames
             for g, ids in enumerate(item.temporal_ids):
                 units.append(_Unit(item.frames[start:start + len(ids)], list(ids), None, video_msn, f"{name} group {g}"))
                 start += len(ids)
