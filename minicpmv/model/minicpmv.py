@@ -87,12 +87,7 @@ class MiniCPMV(nn.Module):
         The ViT runs in chunks of `config.vision_batch_size` slices; the resampler runs once over
         all groups (`temporal_ids`, None = one group per slice without a time embedding).
         """
-        tgt_sizes = torch.as_tensor(tgt_sizes).reshape(-1, 2)
-        step = self.config.vision_batch_size
-        chunks = [self.vpm(slices[s : s + step], tgt_sizes[s : s + step])[0] for s in range(0, len(slices), step)]
-        longest = max(c.shape[1] for c in chunks)
-        x = torch.cat([F.pad(c, (0, 0, 0, longest - c.shape[1])) for c in chunks])  # [n, L_max, D_vision]
-        return self.resampler(x, tgt_sizes, temporal_ids)  # [G, Q, D]
+        return encode_vision(self.vpm, self.resampler, slices, tgt_sizes, temporal_ids, self.config.vision_batch_size)
 
     def vision_per_item(
         self,
@@ -209,6 +204,26 @@ class MiniCPMV(nn.Module):
         logits = self.llm.logits(hidden[:, -num_logits_to_keep:] if num_logits_to_keep else hidden)  # [B, T', V]
         loss = None if labels is None else next_token_loss(logits, labels)
         return MiniCPMVOutput(logits=logits, hidden_states=hidden if output_hidden_states else None, loss=loss)
+
+
+def encode_vision(
+    vpm: SiglipVisionTower,
+    resampler: Resampler,
+    slices: list[torch.Tensor],
+    tgt_sizes: torch.Tensor,
+    temporal_ids: list[list[int]] | None,
+    chunk: int,
+) -> torch.Tensor:
+    """ViT over `chunk` slices at a time, then one resampler call over every group: -> [G, Q, D].
+
+    Example: 48 video frames packed by 3, chunk 16 -> 3 ViT calls on [16, 1024, 1152], then the
+    resampler on [48, 1024, 1152] with 16 groups -> [16, 64, 4096].
+    """
+    tgt_sizes = torch.as_tensor(tgt_sizes).reshape(-1, 2)
+    parts = [vpm(slices[s : s + chunk], tgt_sizes[s : s + chunk]).hidden for s in range(0, len(slices), chunk)]
+    longest = max(p.shape[1] for p in parts)
+    x = torch.cat([F.pad(p, (0, 0, 0, longest - p.shape[1])) for p in parts])  # [n, L_max, D_vision]
+    return resampler(x, tgt_sizes, temporal_ids)  # [G, Q, D]
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

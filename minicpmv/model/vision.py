@@ -79,7 +79,7 @@ class VisionEmbeddings(nn.Module):
         weight = self.patch_embedding.weight
         # A stride=kernel conv is a matmul over flattened patches: one GEMM for every slice at once.
         patches = nn.utils.rnn.pad_sequence(
-            [patchify(s.to(weight.dtype), self.patch_size) for s in slices], batch_first=True
+            [patchify(s.to(device=weight.device, dtype=weight.dtype), self.patch_size) for s in slices], batch_first=True
         )  # [B, L_max, 3*p*p], padded patches are zeros
         emb = F.linear(patches, weight.flatten(1), self.patch_embedding.bias)  # [B, L_max, D]
         pos = torch.zeros(emb.shape[:2], dtype=torch.long)
