@@ -189,21 +189,20 @@ def _crop_to_patches(image: Image.Image, patch_size: int) -> Image.Image:
 def to_tensor(
     image: Image.Image | np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]
 ) -> torch.Tensor:
-    """RGB uint8 image (PIL or (H, W, 3) array) -> float32[3, H, W] = (x / 255 - mean) / std.
+    """RGB uint8 image (PIL or (H, W, 3) array, views allowed) -> float32[3, H, W] = (x / 255 - mean) / std.
 
-    Bit-identical to the reference's float32 `astype(float32) / 255` then `(x - mean) / std`: the
-    formula is evaluated once per possible byte value (a 3x256 table, same float32 operations)
-    and the pixels are looked up, which is exact and avoids three full-size float passes.
+    The same float32 operations in the same order as the reference (`astype(float32) / 255`, then
+    `(x - mean) / std`), so the result is bit-identical; done in place on one planar buffer.
     Example, mean = std = 0.5: 0 -> -1.0, 255 -> 1.0, 128 -> 0.003921628.
     """
     pixels = np.asarray(image)  # (H, W, 3) uint8
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise InputError(f"to_tensor needs an RGB uint8 image, got {pixels.dtype} array of shape {pixels.shape}")
-    levels = np.arange(256, dtype=np.float32) / np.float32(255)  # (256,)
-    table = (levels[None, :] - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]  # (3, 256)
     out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)  # (3, H, W)
-    for c in range(3):  # 3 vectorised gathers, one per channel
-        np.take(table[c], pixels[:, :, c], out=out[c])
+    out[...] = pixels.transpose(2, 0, 1)  # (H, W, 3) uint8 -> (3, H, W) float32
+    out /= np.float32(255)
+    out -= np.asarray(mean, dtype=np.float32)[:, None, None]
+    out /= np.asarray(std, dtype=np.float32)[:, None, None]
     return torch.from_numpy(out)
 
 
