@@ -280,6 +280,8 @@ def test_expand_image_tags_positions():
     assert all(a <= b for a, b in zip(out.position, out.position[1:]))
     assert [out.text[out.position[text.index(c)]] for c in "AxB"] == ["A", "x", "B"]
     assert out.position[text.index(tag)] == 2  # a tag maps to the start of its placeholder
+    with pytest.raises(ValueError, match="1 image tags but 2 placeholders"):
+        expand_image_tags(tag, ["P", "Q"])
 
 
 # ---- bad input ---------------------------------------------------------------------------------

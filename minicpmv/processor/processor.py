@@ -62,7 +62,7 @@ class _Unit:
 
 @dataclass
 class _Parsed:
-    """A conversation after its media were loaded: text messages with tags, plus the units."""
+    """A conversation after its media were loaded: text messages with tags, and the media in order."""
 
     messages: list[dict[str, Any]]  # {'role', 'content': str with tags[, 'reasoning_content']}
     media: list[tuple[Image.Image | video.DecodedVideo, str]]  # in prompt order, with a name for errors
@@ -114,18 +114,21 @@ def expand_image_tags(text: str, placeholders: Sequence[str | None]) -> Expanded
         chunks 'A\\n' | '\\n' | '\\n' | '\\nB'  ->  'A\\n' + P + '' + '' + '\\n' + Q + '\\nB'
     """
     chunks = text.split(IMAGE_TAG)
+    if len(chunks) - 1 != len(placeholders):
+        raise ValueError(f"the text has {len(chunks) - 1} image tags but {len(placeholders)} placeholders were given")
     out: list[str] = []
     position: list[int] = []
     spans: list[tuple[int, int]] = []
     at = 0  # length of the output so far
     for k, chunk in enumerate(chunks):
-        skipped = k < len(placeholders) and placeholders[k] is None
+        last = k == len(placeholders)  # the text after the final tag
+        skipped = not last and placeholders[k] is None
         kept = chunk.strip() if skipped else chunk
         lead = (len(chunk) - len(chunk.lstrip())) if skipped else 0
         position.extend(at + min(max(j - lead, 0), len(kept)) for j in range(len(chunk)))
         out.append(kept)
         at += len(kept)
-        if k < len(placeholders):
+        if not last:
             filler = placeholders[k] or ""
             position.extend([at] * len(IMAGE_TAG))
             if filler:
@@ -262,7 +265,10 @@ class Processor:
         width = max(len(s.input_ids) for s in samples)
         input_ids = torch.full((len(samples), width), self.tokenizer.pad_id, dtype=torch.long)  # (B, T)
         attention_mask = torch.zeros((len(samples), width), dtype=torch.long)  # (B, T)
-        with_labels = all(s.labels is not None for s in samples)
+        with_labels = [s.labels is not None for s in samples]
+        if any(with_labels) != all(with_labels):
+            raise ValueError(f"labels present for {sum(with_labels)} of {len(samples)} samples; encode all with return_labels")
+        with_labels = all(with_labels)
         labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long) if with_labels else None
         for b, s in enumerate(samples):
             pad = width - len(s.input_ids)
