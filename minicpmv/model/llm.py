@@ -156,6 +156,8 @@ class Qwen3LM(nn.Module):
         past = cache.length if cache is not None else 0
         if attention_mask is not None and attention_mask.dim() == 4:
             # A ready boolean mask [B, 1, T, S] (True = attend), e.g. block-diagonal for packed samples.
+            if attention_mask.shape != (b, 1, t, past + t):
+                raise ValueError(f"4D attention_mask shape {tuple(attention_mask.shape)} != (batch {b}, 1, {t}, {past + t})")
             if position_ids is None:
                 raise ValueError("a 4D attention_mask needs explicit position_ids (they restart per packed sample)")
             mask = attention_mask.bool()
