@@ -21,7 +21,11 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # extra stop ids besides <|im_end|> / <|endoftext|>
     seed: int | None = None
     num_beams: int = 1
-    n: int = 1  # independent samples per prompt
+    n: int = 1  # independent samples per prompt (with beams: the n best finished beams)
+    length_penalty: float = 1.0  # beam search: finished score = sum log p / length ** length_penalty
+    # The repetition penalty covers the generated ids only, as in the official chat() (HF generate
+    # called with inputs_embeds has no prompt ids); True also penalises the prompt's ids (vLLM style).
+    penalize_prompt: bool = False
 
     @classmethod
     def for_mode(cls, enable_thinking: bool, sampling: bool = True, **overrides: Any) -> "SamplingParams":
@@ -60,6 +64,8 @@ class StreamEvent:
     text: str
     finished: bool = False
     finish_reason: Literal["stop", "length", "cancelled", None] = None
+    usage: "Usage | None" = None  # on the finished event: this completion's counts (prompt counts repeat per index)
+    result: "ChatResult | None" = None  # on the finished event: the whole completion
 
 
 @dataclass
