@@ -11,6 +11,8 @@ values above 255 saturate to 255, floats are truncated. Two deliberate additions
 
 Every failure (missing file, corrupt, truncated or empty data, too many pixels, unsupported array)
 raises `InputError` naming the item; Pillow's own exception text is quoted, never re-raised.
+Multi-frame files (GIF, APNG, TIFF) give their first frame, as in the reference. Truncated files
+are errors unless the caller has set Pillow's global `ImageFile.LOAD_TRUNCATED_IMAGES`.
 """
 
 from __future__ import annotations
