@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from minicpmv.errors import InputError
-from minicpmv.serve.media import MediaFetcher, MediaPolicy, decode_data_url, is_public_address, open_image
+from minicpmv.serve import MediaPolicy
+from minicpmv.serve.media import MediaFetcher, decode_data_url, is_public_address, open_image
 
 
 def png_bytes(size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

@@ -20,8 +20,8 @@ from PIL import Image
 
 from minicpmv.errors import InputError
 from minicpmv.inference.types import ChatResult, MediaOptions, SamplingParams, StreamEvent, Usage
-from minicpmv.serve.media import MediaPolicy
-from minicpmv.serve.openai_server import ServerConfig, create_app
+from minicpmv.serve import MediaPolicy, ServerConfig
+from minicpmv.serve.openai_server import create_app
 from test_media_fetch import data_url, huge_png_bytes, png_bytes, video_bytes
 
 
@@ -69,20 +69,21 @@ class FakeChatService:
                         raise RuntimeError("the fake service failed mid-stream")
                     yield StreamEvent(index, kind, text.strip() if k == len(tokens) - 1 else text)
                 reason = "length" if len(tokens) > params.max_new_tokens else "stop"
-                yield StreamEvent(index, "answer", "", finished=True, finish_reason=reason)
+                usage = Usage(completion_tokens=min(len(tokens), params.max_new_tokens))
+                yield StreamEvent(index, "answer", "", finished=True, finish_reason=reason, usage=usage)
             finished = True
         finally:
             self.active -= 1
             self.cancelled += not finished
 
     async def complete(self, messages, params, *, enable_thinking=False, media=MediaOptions(), system_prompt=""):
-        texts = [{"reasoning": "", "answer": "", "tokens": 0, "reason": "stop"} for _ in range(params.n)]
+        texts = [{"reasoning": "", "answer": "", "usage": None, "reason": None} for _ in range(params.n)]
         async for ev in self.stream(messages, params, enable_thinking=enable_thinking, media=media):
             texts[ev.index][ev.kind] += ev.text
-            texts[ev.index]["tokens"] += bool(ev.text)
-            texts[ev.index]["reason"] = ev.finish_reason or texts[ev.index]["reason"]
+            if ev.finished:
+                texts[ev.index].update(usage=ev.usage, reason=ev.finish_reason)
         return [ChatResult(text=t["reasoning"] + t["answer"], reasoning=t["reasoning"].strip(), answer=t["answer"],
-                           finish_reason=t["reason"], usage=Usage(completion_tokens=t["tokens"])) for t in texts]
+                           finish_reason=t["reason"], usage=t["usage"]) for t in texts]
 
 
 def _text(message: dict) -> str:
@@ -192,7 +193,7 @@ def test_streaming_thinking_deltas_and_usage_chunk(client):
             finish = choice.finish_reason or finish
     assert (reasoning.strip(), content, finish) == ("looking at 1 images", "echo: count them", "stop")
     assert usage.prompt_tokens == 66 and usage.prompt_tokens_details.visual_tokens == 64
-    assert usage.completion_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.completion_tokens == 7 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 def test_thinking_off_streams_no_reasoning(client):

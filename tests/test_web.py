@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from minicpmv.serve.openai_server import ServerConfig, create_app
+from minicpmv.serve import ServerConfig
+from minicpmv.serve.openai_server import create_app
 from test_media_fetch import png_bytes, video_bytes
 from test_server import FakeChatService, ServerThread
 

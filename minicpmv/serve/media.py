@@ -24,7 +24,6 @@ import ipaddress
 import socket
 import tempfile
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,21 +31,9 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from minicpmv.errors import InputError
+from minicpmv.serve import MediaPolicy
 
 Resolver = Callable[[str, int], list[str]]
-
-
-@dataclass(frozen=True)
-class MediaPolicy:
-    """Where media may come from and how big it may be."""
-
-    allowed_media_dir: Path | None = None  # local paths are refused unless they resolve inside this folder
-    allow_remote_media: bool = False  # http(s) fetching; never to non-public addresses even when on
-    max_image_pixels: int = 36_000_000  # width * height, checked from the header before decoding
-    max_media_bytes: int = 64 * 2**20  # per downloaded or decoded item
-    max_video_frames: int = 108_000  # frames in the source video (1 h at 30 fps)
-    fetch_timeout_s: float = 10.0  # connect / read timeout of one remote hop
-    max_redirects: int = 3
 
 
 def resolve_host(host: str, port: int) -> list[str]:

@@ -35,29 +35,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minicpmv.errors import InputError
 from minicpmv.inference.types import MediaOptions, SamplingParams, StreamEvent, Usage
-from minicpmv.serve.media import MediaFetcher, MediaPolicy
+from minicpmv.serve import ServerConfig
+from minicpmv.serve.media import MediaFetcher
 
 log = logging.getLogger("minicpmv.serve")
 STATIC_DIR = Path(__file__).parent / "static"
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Network settings and request limits of the server."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # when set, /v1/* requires `Authorization: Bearer <key>`
-    model_name: str | None = None  # id reported by /v1/models; None = the service's model_name
-    max_body_bytes: int = 64 * 2**20  # request body, checked before JSON parsing
-    max_n: int = 8  # completions per request
-    default_max_tokens: int = 2048  # when the request gives neither max_tokens nor max_completion_tokens
-    max_tokens_limit: int = 8192  # largest max_tokens a request may ask for
-    max_prompt_tokens: int = 16384  # text + visual positions (the official max_inp_length)
-    max_media_items: int = 32  # images + videos per request
-    max_in_flight: int = 64  # concurrent chat requests; more get 429
-    shutdown_timeout_s: float = 30.0  # graceful shutdown: in-flight requests get this long to finish
-    media: MediaPolicy = field(default_factory=MediaPolicy)
 
 
 class ApiError(Exception):
@@ -291,10 +273,10 @@ async def stream_chunks(completion: Completion, first: StreamEvent, events: Asyn
         while event is not None:
             if event.text:
                 key = "reasoning_content" if event.kind == "reasoning" else "content"
-                completion_tokens += 1
                 yield sse(completion.envelope("chat.completion.chunk", [
                     {"index": event.index, "delta": {key: event.text}, "finish_reason": None}]))
             if event.finished:
+                completion_tokens += event.usage.completion_tokens if event.usage else 0
                 yield sse(completion.envelope("chat.completion.chunk", [
                     {"index": event.index, "delta": {}, "finish_reason": event.finish_reason or "stop"}]))
             event = await anext(events, None)

@@ -1,0 +1,388 @@
+"""The `minicpmv` command line: `chat` (one-shot or interactive), `serve` (OpenAI-compatible server + web page) and
+`info` (model size, and what an input would cost in tokens).
+
+Subcommands come from SUBCOMMANDS: each entry names a function `add(subparsers)` that adds one parser and sets
+`func` (called with the parsed args, returns an exit code). To add e.g. `minicpmv train`, write `add_train_command`
+in your module (keep its imports light; import heavy modules inside `func`) and append
+"minicpmv.train.cli:add_train_command" here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from minicpmv.errors import InputError
+
+SUBCOMMANDS: list[str] = [
+    "minicpmv.cli:add_chat_command",
+    "minicpmv.cli:add_serve_command",
+    "minicpmv.cli:add_info_command",
+]
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+REPL_HELP = """commands:
+  /image PATH     attach an image to your next message      /video PATH   attach a video
+  /think on|off   thinking mode (reasoning shown dimmed)    /reset        forget the conversation
+  /help           this text                                 /quit         leave (also Ctrl-D)"""
+
+
+def load_service(model: str | None):
+    """Load model + processor (`minicpmv.api.load`; None = the embedded demo model) and wrap them in a ChatService."""
+    from tqdm import tqdm
+
+    from minicpmv.api import load
+    from minicpmv.chat import ChatService
+
+    with tqdm(total=1, desc=f"loading {model or 'the embedded demo model'}", file=sys.stderr, leave=False,
+              bar_format="{desc}: {elapsed}") as bar:
+        loaded_model, processor = load(model)
+        bar.update(1)
+    return ChatService(loaded_model, processor)
+
+
+# ---- chat ----
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder or preset name (default: the embedded demo model)")
+
+
+def _add_media_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="attach an image (repeatable)")
+    p.add_argument("--video", action="append", default=[], metavar="PATH", help="attach a video (repeatable)")
+    p.add_argument("--fps", type=float, default=None, help="video sampling rate (default: the official 5)")
+    p.add_argument("--packing", type=int, default=None, help="video frames per 64-token group (1-6)")
+    p.add_argument("--max-slice-nums", type=int, default=None, help="image slices (default 9; 1 = no slicing)")
+
+
+def add_chat_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="ask one question, or chat interactively when no question is given",
+                       description="One-shot: minicpmv chat --image a.jpg \"question\". Without a question: a REPL.")
+    p.add_argument("question", nargs="*", help="the question, quoted or not (omit for an interactive chat)")
+    _add_model_arg(p)
+    _add_media_args(p)
+    p.add_argument("--think", action="store_true", help="thinking mode: reason first, then answer")
+    p.add_argument("--max-new-tokens", type=int, default=2048)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the official 0.7)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--system", default="", help="system prompt")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="print tokens as they come (default: on when stdout is a terminal)")
+    p.add_argument("--show-reasoning", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the reasoning (default: dimmed on a terminal, hidden otherwise)")
+    p.set_defaults(func=run_chat)
+
+
+def user_message(text: str, images: list[str], videos: list[str], media) -> dict:
+    """A message in the ChatService form; media files are checked to exist here for a clear error."""
+    parts: list[dict] = []
+    for path in images + videos:
+        if not Path(path).is_file():
+            raise InputError(f"no such file: {path!r}; give the path of an image or video file")
+    parts += [{"type": "image", "image": str(Path(p))} for p in images]
+    video_opts = {k: v for k, v in (("fps", media.fps), ("packing", media.packing)) if v is not None}
+    parts += [{"type": "video", "path": str(Path(p)), **video_opts} for p in videos]
+    if text:
+        parts.append({"type": "text", "text": text})
+    return {"role": "user", "content": parts}
+
+
+@dataclass
+class Printer:
+    """Writes a streamed completion: reasoning dimmed (terminal) or in <think> tags (`show_reasoning`), answer plain."""
+
+    tty: bool
+    show_reasoning: bool
+    out: Any = field(default_factory=lambda: sys.stdout)
+    _kind: str | None = None
+
+    def write(self, kind: str, text: str) -> None:
+        if kind == "reasoning" and not self.show_reasoning:
+            return
+        if kind != self._kind:
+            self._switch(kind)
+        self.out.write(text)
+        self.out.flush()
+
+    def _switch(self, kind: str) -> None:
+        if self._kind == "reasoning":
+            self.out.write(RESET + "\n\n" if self.tty else "\n</think>\n")
+        if kind == "reasoning":
+            self.out.write(DIM + "thinking: " if self.tty else "<think>\n")
+        self._kind = kind
+
+    def end(self) -> None:
+        self._switch("answer")
+        self.out.write("\n")
+        self.out.flush()
+
+
+async def answer(service, messages: list[dict], params, enable_thinking: bool, media, system: str,
+                 printer: Printer, stream: bool) -> tuple[str, int, float]:
+    """Run one completion, printing it; returns (answer text, completion tokens, seconds)."""
+    start, text, tokens = time.perf_counter(), "", 0
+    if stream:
+        async for ev in service.stream(messages, params, enable_thinking=enable_thinking, media=media,
+                                       system_prompt=system):
+            printer.write(ev.kind, ev.text)
+            text += ev.text if ev.kind == "answer" else ""
+            tokens += ev.usage.completion_tokens if ev.finished and ev.usage else 0
+    else:
+        (result,) = await service.complete(messages, params, enable_thinking=enable_thinking, media=media,
+                                           system_prompt=system)
+        if result.reasoning:
+            printer.write("reasoning", result.reasoning)
+        printer.write("answer", result.answer)
+        text, tokens = result.answer, result.usage.completion_tokens
+    printer.end()
+    return text, tokens, time.perf_counter() - start
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from minicpmv.inference.types import MediaOptions, SamplingParams
+
+    tty = sys.stdout.isatty()
+    media = MediaOptions(max_slice_nums=args.max_slice_nums, fps=args.fps, packing=args.packing)
+    overrides = {k: v for k, v in (("temperature", args.temperature), ("seed", args.seed)) if v is not None}
+    make_params = lambda think: SamplingParams.for_mode(think, max_new_tokens=args.max_new_tokens, **overrides)  # noqa: E731
+    show = tty if args.show_reasoning is None else args.show_reasoning
+    printer = Printer(tty=tty, show_reasoning=show)
+    stream = tty if args.stream is None else args.stream
+    question = " ".join(args.question)
+    if not question:
+        first = user_message("", args.image, args.video, media)["content"]
+        return Repl(load_service(args.model), make_params, media, args.system, printer, stream, args.think,
+                    pending=first).run()
+    service = load_service(args.model)
+    messages = [user_message(question, args.image, args.video, media)]
+    asyncio.run(answer(service, messages, make_params(args.think), args.think, media, args.system, printer, stream))
+    return 0
+
+
+@dataclass
+class Repl:
+    """Interactive chat with history; slash commands attach media and switch thinking."""
+
+    service: Any
+    make_params: Callable[[bool], Any]
+    media: Any
+    system: str
+    printer: Printer
+    stream: bool
+    think: bool = False
+    pending: list[dict] = field(default_factory=list)  # parts attached to the next message
+    history: list[dict] = field(default_factory=list)
+
+    def run(self) -> int:
+        _enable_line_editing()
+        loop = asyncio.new_event_loop()  # one loop for the whole session: the service may keep tasks on it
+        print(f"minicpmv chat ({self.service.model_name}); /help for commands, /quit to leave", file=sys.stderr)
+        try:
+            while (line := self._read()) is not None:
+                if line.startswith("/"):
+                    if self.command(line) == "quit":
+                        break
+                elif line.strip() or self.pending:
+                    self._turn(loop, line.strip())
+        finally:
+            loop.close()
+        return 0
+
+    def _read(self) -> str | None:
+        try:
+            return input("you> " if sys.stdin.isatty() else "")
+        except EOFError:
+            return None
+
+    def command(self, line: str) -> str | None:
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name in ("/quit", "/exit"):
+            return "quit"
+        if name in ("/image", "/video") and arg:
+            kind = name[1:]
+            part = user_message("", [arg] if kind == "image" else [], [arg] if kind == "video" else [], self.media)
+            self.pending += part["content"]
+            _note(f"attached {kind} {arg} to the next message")
+        elif name == "/think" and arg in ("on", "off"):
+            self.think = arg == "on"
+            _note(f"thinking {arg}")
+        elif name == "/reset":
+            self.history.clear()
+            self.pending.clear()
+            _note("conversation reset")
+        else:
+            _note(REPL_HELP)
+        return None
+
+    def _turn(self, loop: asyncio.AbstractEventLoop, text: str) -> None:
+        message = {"role": "user", "content": self.pending + ([{"type": "text", "text": text}] if text else [])}
+        messages = self.history + [message]
+        task = loop.create_task(answer(self.service, messages, self.make_params(self.think), self.think,
+                                       self.media, self.system, self.printer, self.stream))
+        try:
+            reply, tokens, seconds = loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            task.cancel()
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+            self.printer.end()
+            _note("[interrupted]")
+            return
+        except InputError as e:
+            _note(f"error: {e}")
+            return
+        self.history += [message, {"role": "assistant", "content": reply}]
+        self.pending = []
+        _note(f"[{tokens} tokens, {seconds:.1f} s, {tokens / max(seconds, 1e-9):.1f} tok/s]")
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _enable_line_editing() -> None:
+    """Arrow keys and input history when the readline module exists (not on every platform)."""
+    try:
+        import readline  # noqa: F401  (importing it is what enables line editing for input())
+    except ImportError:
+        pass
+
+
+# ---- serve ----
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    from minicpmv.serve import MediaPolicy, ServerConfig
+
+    d, m = ServerConfig(), MediaPolicy()
+    p = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions) with a web chat at /")
+    _add_model_arg(p)
+    p.add_argument("--host", default=d.host, help="interface to listen on (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--model-name", default=None, help="model id reported to clients (default: the model's)")
+    p.add_argument("--api-key", default=os.environ.get("MINICPMV_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $MINICPMV_API_KEY; unset = no key)")
+    p.add_argument("--allowed-media-dir", type=Path, default=None,
+                   help="serve local image/video paths from under this folder only (default: local paths refused)")
+    p.add_argument("--allow-remote-media", action="store_true",
+                   help="fetch http(s) media URLs (never from loopback, link-local or private addresses)")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / 2**20)
+    p.add_argument("--max-image-pixels", type=int, default=m.max_image_pixels)
+    p.add_argument("--max-video-frames", type=int, default=m.max_video_frames)
+    p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    p.add_argument("--max-tokens-limit", type=int, default=d.max_tokens_limit, help="largest max_tokens allowed")
+    p.add_argument("--max-n", type=int, default=d.max_n)
+    p.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="concurrent requests before 429")
+    p.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
+                   help="seconds in-flight requests get to finish on shutdown")
+    p.set_defaults(func=run_serve)
+
+
+def server_config(args: argparse.Namespace):
+    from minicpmv.serve import MediaPolicy, ServerConfig
+
+    if args.allowed_media_dir is not None and not args.allowed_media_dir.is_dir():
+        raise InputError(f"--allowed-media-dir {str(args.allowed_media_dir)!r} is not a folder")
+    media = MediaPolicy(allowed_media_dir=args.allowed_media_dir, allow_remote_media=args.allow_remote_media,
+                        max_image_pixels=args.max_image_pixels, max_video_frames=args.max_video_frames,
+                        max_media_bytes=int(args.max_body_mb * 2**20))
+    return ServerConfig(host=args.host, port=args.port, api_key=args.api_key or None, model_name=args.model_name,
+                        max_body_bytes=int(args.max_body_mb * 2**20), max_n=args.max_n,
+                        max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
+                        max_in_flight=args.max_in_flight, shutdown_timeout_s=args.shutdown_timeout, media=media)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from minicpmv.serve.openai_server import run_server
+
+    config = server_config(args)
+    service = load_service(args.model)
+    _note(f"serving {config.model_name or service.model_name} on http://{config.host}:{config.port}/ "
+          f"(API at /v1, key {'required' if config.api_key else 'not required'})")
+    run_server(service, config)
+    return 0
+
+
+# ---- info ----
+
+def add_info_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="model size and parameters; with --image/--video, the tokens they would cost")
+    _add_model_arg(p)
+    _add_media_args(p)
+    p.set_defaults(func=run_info)
+
+
+def model_summary(model) -> list[tuple[str, str]]:
+    """(label, value) rows: parameter counts per top-level component, total size, dtype and device."""
+    rows, total, nbytes = [], 0, 0
+    for name, child in model.named_children():
+        count = sum(p.numel() for p in child.parameters())
+        rows.append((f"  {name}", f"{count:,} parameters"))
+        total += count
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    first = next(model.parameters())
+    return [("parameters", f"{total:,}"), *rows, ("size", f"{nbytes / 2**20:,.1f} MiB"),
+            ("dtype", str(first.dtype).removeprefix("torch.")), ("device", str(first.device))]
+
+
+def input_cost(service, images: list[str], videos: list[str], media) -> list[tuple[str, str]]:
+    """(label, value) rows: the visual and prompt tokens of each item alone, then of all of them in one message."""
+    rows = []
+    for kind, path in [("image", p) for p in images] + [("video", p) for p in videos]:
+        u = service.count_tokens([user_message("", [path] * (kind == "image"), [path] * (kind == "video"), media)],
+                                 media)
+        rows.append((f"{kind} {path}", f"{u.visual_tokens:,} visual tokens ({u.prompt_tokens:,} prompt tokens alone)"))
+    if len(rows) > 1:
+        u = service.count_tokens([user_message("", images, videos, media)], media)
+        rows.append(("all together", f"{u.visual_tokens:,} visual tokens, {u.prompt_tokens:,} prompt tokens"))
+    return rows
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from minicpmv.inference.types import MediaOptions
+
+    service = load_service(args.model)
+    rows = [("model", service.model_name), *model_summary(service.model)]
+    media = MediaOptions(max_slice_nums=args.max_slice_nums, fps=args.fps, packing=args.packing)
+    rows += input_cost(service, args.image, args.video, media)
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+# ---- entry point ----
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minicpmv", description="MiniCPM-V 4.5: chat, serve, inspect.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for entry in SUBCOMMANDS:
+        module, _, name = entry.partition(":")
+        getattr(importlib.import_module(module), name)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"minicpmv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
