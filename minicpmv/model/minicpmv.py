@@ -87,7 +87,9 @@ class MiniCPMV(nn.Module):
         The ViT runs in chunks of `config.vision_batch_size` slices; the resampler runs once over
         all groups (`temporal_ids`, None = one group per slice without a time embedding).
         """
-        return encode_vision(self.vpm, self.resampler, slices, tgt_sizes, temporal_ids, self.config.vision_batch_size)
+        tgt_sizes = torch.as_tensor(tgt_sizes).reshape(-1, 2)
+        x = vit_in_chunks(self.vpm, slices, tgt_sizes, self.config.vision_batch_size)  # [n, L_max, D_vision]
+        return self.resampler(x, tgt_sizes, temporal_ids)  # [G, Q, D]
 
     def vision_per_item(
         self,
@@ -206,24 +208,14 @@ class MiniCPMV(nn.Module):
         return MiniCPMVOutput(logits=logits, hidden_states=hidden if output_hidden_states else None, loss=loss)
 
 
-def encode_vision(
-    vpm: SiglipVisionTower,
-    resampler: Resampler,
-    slices: list[torch.Tensor],
-    tgt_sizes: torch.Tensor,
-    temporal_ids: list[list[int]] | None,
-    chunk: int,
-) -> torch.Tensor:
-    """ViT over `chunk` slices at a time, then one resampler call over every group: -> [G, Q, D].
+def vit_in_chunks(vpm: SiglipVisionTower, slices: list[torch.Tensor], tgt_sizes: torch.Tensor, chunk: int) -> torch.Tensor:
+    """ViT over `chunk` slices at a time -> padded features [n, L_max, D_vision] for the resampler.
 
-    Example: 48 video frames packed by 3, chunk 16 -> 3 ViT calls on [16, 1024, 1152], then the
-    resampler on [48, 1024, 1152] with 16 groups -> [16, 64, 4096].
+    Example: 48 video frames of 32x32 patches, chunk 16 -> 3 ViT calls on [16, 1024, 1152] -> [48, 1024, 1152].
     """
-    tgt_sizes = torch.as_tensor(tgt_sizes).reshape(-1, 2)
     parts = [vpm(slices[s : s + chunk], tgt_sizes[s : s + chunk]).hidden for s in range(0, len(slices), chunk)]
     longest = max(p.shape[1] for p in parts)
-    x = torch.cat([F.pad(p, (0, 0, 0, longest - p.shape[1])) for p in parts])  # [n, L_max, D_vision]
-    return resampler(x, tgt_sizes, temporal_ids)  # [G, Q, D]
+    return torch.cat([F.pad(p, (0, 0, 0, longest - p.shape[1])) for p in parts])  # [n, L_max, D_vision]
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

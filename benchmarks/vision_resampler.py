@@ -1,0 +1,123 @@
+"""Vision tower + 3D-Resampler at the real MiniCPM-V 4.5 sizes (ViT 1152 x 27, resampler 4096), random weights.
+
+Workloads: one 1344x1344 image (overview + 3x3 slices = 10 slices of 32x32 patches) and 48 frames of
+448x448 packed by 3 (16 groups) and by 6 (8 groups). The ViT work of the two video packings is the
+same (48 slices), so it is timed once and shared; only the resampler differs.
+
+Efficiency = achieved vision-tower FLOP/s / plain matmul FLOP/s measured in the same run, same dtype.
+`--vit-layers` runs fewer ViT layers (the real width, FLOP/s unaffected) and extrapolates the time
+to 27 layers linearly, for slow machines. Usage:
+
+    .venv/bin/python benchmarks/vision_resampler.py [--dtypes float32,bfloat16] [--vit-layers 27]
+        [--workloads image,video] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+
+from minicpmv.config import ModelConfig
+from minicpmv.model.minicpmv import vit_in_chunks
+from minicpmv.model.resampler import Resampler
+from minicpmv.model.vision import SiglipVisionTower
+from minicpmv.model.weights import init_random_
+
+REAL = ModelConfig()
+
+
+def vit_flops(cfg, tokens_per_slice: list[int]) -> float:
+    """Multiply-adds x 2 of the ViT: patch embedding, q/k/v/o projections, attention, MLP, per layer."""
+    d, i, p = cfg.hidden_size, cfg.intermediate_size, cfg.patch_size
+    total = 0.0
+    for n in tokens_per_slice:
+        per_layer = 2 * n * (4 * d * d + 2 * d * i) + 2 * 2 * n * n * d
+        total += 2 * n * (3 * p * p) * d + cfg.num_layers * per_layer
+    return total
+
+
+def matmul_flops_per_s(dtype: torch.dtype, device: str) -> float:
+    """Best of 3 for a [4096, 1152] @ [1152, 4304] matmul (the ViT's fc1 shape)."""
+    a = torch.randn(4096, REAL.vision.hidden_size, dtype=dtype, device=device)
+    b = torch.randn(REAL.vision.hidden_size, REAL.vision.intermediate_size, dtype=dtype, device=device)
+    best = min(_timed(lambda: a @ b, device) for _ in range(3))
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
+
+
+def _timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def workloads(names: list[str]) -> list[tuple[str, int, list[list[list[int]]], list[str]]]:
+    """(label, number of 448x448 slices, temporal-id groupings, grouping labels)."""
+    out = []
+    if "image" in names:
+        out.append(("1344x1344 image (10 slices)", 10, [[[-1]] * 10], ["per-slice"]))
+    if "video" in names:
+        ids = list(range(0, 480, 10))  # 48 frames at 1 fps, ids in 0.1 s units
+        by3 = [ids[i : i + 3] for i in range(0, 48, 3)]
+        by6 = [ids[i : i + 6] for i in range(0, 48, 6)]
+        out.append(("48 frames 448x448", 48, [by3, by6], ["packed by 3", "packed by 6"]))
+    return out
+
+
+def run(dtype: torch.dtype, vit_layers: int, names: list[str], device: str) -> list[str]:
+    vis_cfg = replace(REAL.vision, num_layers=vit_layers)
+    vpm, resampler = SiglipVisionTower(vis_cfg), Resampler(REAL.resampler)
+    for m in (vpm, resampler):
+        m.to(device=device, dtype=dtype).eval()
+        init_random_(m, seed=0)
+    resampler.reset_pos_cache()
+    peak = matmul_flops_per_s(dtype, device)
+    side = REAL.scale_resolution // REAL.patch_size  # 32 patches
+    rows = []
+    for label, n, groupings, group_labels in workloads(names):
+        slices = [torch.rand(3, REAL.scale_resolution, REAL.scale_resolution, device=device) * 2 - 1 for _ in range(n)]
+        tgt = torch.tensor([[side, side]] * n, dtype=torch.int32)
+        with torch.no_grad():
+            tiny = torch.tensor([[2, 2]])
+            resampler(vpm([slices[0][:, :28, :28]], tiny).hidden, tiny)  # warm-up on a 2x2-patch slice
+            # Time the ViT alone first, then each resampler grouping on its output.
+            t_vit = _timed(lambda: vit_in_chunks(vpm, slices, tgt, REAL.vision_batch_size), device)
+            feats = vit_in_chunks(vpm, slices, tgt, REAL.vision_batch_size)
+            achieved = vit_flops(vis_cfg, [side * side] * n) / t_vit
+            t_full = t_vit * REAL.vision.num_layers / vit_layers
+            for groups, g_label in zip(groupings, group_labels):
+                t_res = _timed(lambda: resampler(feats, tgt, groups), device)
+                rows.append(
+                    f"| {str(dtype).removeprefix('torch.')} | {label}, {g_label} | {n} | {len(groups)} | {vit_layers} "
+                    f"| {t_vit:.2f} | {t_full:.1f} | {t_res:.2f} | {t_full + t_res:.1f} | {achieved / 1e9:.1f} "
+                    f"| {peak / 1e9:.1f} | {achieved / peak:.2f} |"
+                )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--vit-layers", type=int, default=REAL.vision.num_layers)
+    ap.add_argument("--workloads", default="image,video")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        "| dtype | workload | slices | groups | ViT layers run | ViT s (run) | ViT s (27 layers) | resampler s "
+        "| total s (27 layers) | ViT GFLOP/s | matmul GFLOP/s | ViT / matmul |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.dtypes.split(","):
+        for row in run(getattr(torch, name), args.vit_layers, args.workloads.split(","), args.device):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
