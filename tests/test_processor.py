@@ -326,3 +326,16 @@ def test_frames_of_a_group_must_share_a_grid(proc):
     frames = [solid([640, 480]), solid([448, 448])]
     with pytest.raises(InputError, match="group 0: frame 1 is cut into grid None but frame 0 into"):
         proc([{"role": "user", "content": [Video(frames=frames, temporal_ids=[[0, 1]]), "x"]}], max_slice_nums=9)
+
+
+def test_threads_and_repeated_frames_give_the_serial_result(proc):
+    rng = np.random.default_rng(0)
+    a, b, c = (Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)) for _ in range(3))
+    msgs = [{"role": "user", "content": [Video(frames=[a, a, b], temporal_ids=[[0, 1], [2]]), c, "x"]}]
+    serial = Processor(proc.tokenizer, proc.cfg, num_threads=1)
+    threaded = Processor(proc.tokenizer, proc.cfg, num_threads=4)
+    one, many = serial(msgs), threaded(msgs)
+    assert torch.equal(one.input_ids, many.input_ids) and one.temporal_ids == many.temporal_ids
+    assert len(one.pixel_values[0]) == len(many.pixel_values[0]) == 3 + len(proc.process_image(c).pixel_values)
+    assert all(torch.equal(x, y) for x, y in zip(one.pixel_values[0], many.pixel_values[0]))
+    assert torch.equal(many.pixel_values[0][0], many.pixel_values[0][1])  # the repeated frame

@@ -26,6 +26,8 @@ Differences from the reference, on purpose:
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -155,12 +157,15 @@ def find_image_bounds(ids: Sequence[int], tok: Tokenizer) -> torch.Tensor:
 class Processor:
     """Turns conversations into model batches. See the module docstring for the pipeline."""
 
-    def __init__(self, tokenizer: Tokenizer, cfg: ProcessorConfig = ProcessorConfig()):
+    def __init__(self, tokenizer: Tokenizer, cfg: ProcessorConfig = ProcessorConfig(), num_threads: int | None = None):
+        """num_threads: threads that resize/normalise the images and frames of one call (Pillow and
+        numpy release the GIL); None = min(8, CPU count), 1 = serial."""
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self.num_threads = num_threads or min(8, os.cpu_count() or 1)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Processor":
+    def from_pretrained(cls, path: str | Path, num_threads: int | None = None) -> "Processor":
         """Load `tokenizer.json` and `preprocessor_config.json` from a model folder.
 
         When `config.json` is there too, its query_num / patch_size / image_size must agree with the
@@ -173,7 +178,7 @@ class Processor:
         cfg = ProcessorConfig.from_hf_dict(json.loads(pre.read_text()))
         if (path / "config.json").is_file():
             _check_model_agrees(ModelConfig.from_json(path / "config.json"), cfg)
-        return cls(Tokenizer.from_pretrained(path), cfg)
+        return cls(Tokenizer.from_pretrained(path), cfg, num_threads)
 
     def process_image(self, image: Image.Image, max_slice_nums: int | None = None) -> slicing.ProcessedImage:
         """Slices, tgt sizes and grid of one image (`slicing.process_image` with this processor's config)."""
@@ -369,8 +374,9 @@ class Processor:
         pixel_values: list[torch.Tensor] = []
         tgt_sizes: list[torch.Tensor] = []
         groups: list[list[int]] = []
+        processed = self._process_all([(f, unit.max_slice_nums) for unit in units for f in unit.frames])
         for unit in units:
-            done = [slicing.process_image(f, self.cfg, unit.max_slice_nums) for f in unit.frames]
+            done = [processed[id(f), unit.max_slice_nums] for f in unit.frames]
             for j, p in enumerate(done[1:], start=1):
                 if p.grid != done[0].grid:
                     raise InputError(f"{unit.name}: frame {j} is cut into grid {p.grid} but frame 0 into {done[0].grid}; "
@@ -383,6 +389,18 @@ class Processor:
                     tgt_sizes.append(p.tgt_sizes[s:s + 1])  # (1, 2)
                 groups.append(list(unit.temporal_ids))
         return placeholders, pixel_values, tgt_sizes, groups
+
+    def _process_all(self, jobs: list[tuple[Image.Image, int]]) -> dict[tuple[int, int], slicing.ProcessedImage]:
+        """`process_image` for each distinct (image object, max_slice_nums), on a thread pool.
+
+        Frames repeat as the same object when a video is sampled above its frame rate; each is done once.
+        """
+        unique = {(id(image), msn): (image, msn) for image, msn in jobs}
+        if len(unique) <= 1 or self.num_threads == 1:
+            return {key: slicing.process_image(image, self.cfg, msn) for key, (image, msn) in unique.items()}
+        with ThreadPoolExecutor(min(self.num_threads, len(unique))) as pool:
+            done = pool.map(lambda job: slicing.process_image(job[0], self.cfg, job[1]), unique.values())
+            return dict(zip(unique, done))
 
 
 def _labels(
