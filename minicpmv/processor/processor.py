@@ -21,6 +21,14 @@ Differences from the reference, on purpose:
   * text containing the span markers `<image>`, `</image>`, `<slice>`, `</slice>` is refused (the
     reference would tokenise them as markers and mis-place every visual span);
   * image ids count images only (video frames never carry one), restarting at 0 per conversation.
+
+Labels (`return_labels=True`, training spec §6.3): a token is trained iff it starts inside an
+assistant turn's text after `<|im_start|>assistant\\n`, up to and including `<|im_end|>`, and
+outside every visual placeholder. A sample is "thinking" iff its last assistant message contains
+`<think>` and `</think>` (official rule); otherwise the empty block `<think>\\n\\n</think>\\n\\n` the
+template puts before the final answer is not trained (the official 4-token offset). Labels are NOT
+shifted (the loss compares logits[t] with labels[t + 1]); unlike the official dataset we add no
+extra `eos` target after `<|im_end|>` and we do not train the "\\n" that follows `assistant`.
 """
 
 from __future__ import annotations
