@@ -135,6 +135,7 @@ def sample_video(n_frames: int, fps: float, choose_fps: float = 5, force_packing
     _check_number(max_groups, "max_groups", integer=True, minimum=1)
     _check_packing(force_packing, "force_packing")
     _check_packing(max_packing, "max_packing")
+    n_frames, fps, choose_fps = int(n_frames), float(fps), float(choose_fps)  # the recipe's Python numbers
     auto_cap = RECIPE_MAX_PACKING if max_packing is None else max_packing
     n_sample, packing = _frame_budget(n_frames, fps, choose_fps, max_groups, auto_cap)
     if n_sample == 0:
@@ -182,6 +183,8 @@ class Video:
     temporal_ids: Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
+        if self.frames is not None and not isinstance(self.frames, Sequence):
+            raise InputError(f"Video.frames must be a list of frames, got {type(self.frames).__name__}")
         if (self.path is None) == (self.frames is None):
             raise InputError("Video needs exactly one of `path` (a file to sample) or `frames` "
                              f"(already sampled, with temporal_ids); got path={self.path!r:.60}, "
@@ -451,7 +454,8 @@ def load_video(video: Video, name: str = "video 0", *,
     truncated or corrupt data, too short to sample) raises InputError naming `name`.
 
     Example: a 10 s 30 fps mp4 with Video(path, fps=5) -> 50 frames (indices 3, 9, ..., 297), packing 1,
-    temporal_ids [[1], [3], ..., [99]] (with the recipe's truncation quirk at a few ids).
+    temporal_ids [[1], [3], ..., [39], [41], [42], [45], ..., [99]] (4.3 s truncates to 42, see
+    `sample_video`).
     """
     if video.frames is not None:
         return _from_frames(video, name)
