@@ -174,6 +174,11 @@ def test_max_slice_nums_one_never_slices_and_zero_is_an_error():
         process_image(_gradient(50, 50), ProcessorConfig(), max_slice_nums=0)
 
 
+def test_empty_image_is_an_input_error():
+    with pytest.raises(InputError, match="cannot slice a 0x5 image"):
+        process_image(Image.new("RGB", (0, 5)), ProcessorConfig())
+
+
 def test_slice_mode_false_uses_the_image_as_is():
     image = _gradient(100, 50)
     out = process_image(image, ProcessorConfig(slice_mode=False))
