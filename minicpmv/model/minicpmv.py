@@ -102,8 +102,12 @@ class MiniCPMV(nn.Module):
         Returns, per item, [G_b, Q, D] or None for an item without slices. Missing temporal ids
         mean every slice is its own `[-1]` group (an image).
         """
+        if tgt_sizes is None or len(tgt_sizes) != len(pixel_values):
+            raise InputError(f"pixel_values has {len(pixel_values)} items but tgt_sizes has {len(tgt_sizes or [])}")
         counts, groups = [], []
         for b, slices in enumerate(pixel_values):
+            if len(tgt_sizes[b]) != len(slices):
+                raise InputError(f"item {b}: {len(slices)} pixel slices but {len(tgt_sizes[b])} tgt_sizes rows")
             item_groups = (temporal_ids[b] if temporal_ids and b < len(temporal_ids) else None) or [[-1]] * len(slices)
             covered = sum(len(g) for g in item_groups)
             if slices and covered != len(slices):
