@@ -63,27 +63,37 @@ CODECS = {
 
 
 def write_video(path: Path, codec: Codec, n_frames: int, fps: int = 25, width: int = 128, height: int = 96,
-                container_options: dict[str, str] | None = None) -> Path:
-    """Encode `n_frames` bar-code frames at constant `fps` into `path` (the extension picks the container)."""
+                container_options: dict[str, str] | None = None, audio_first: bool = False) -> Path:
+    """Encode `n_frames` bar-code frames at constant `fps` into `path` (the extension picks the container).
+
+    audio_first: add an AAC track (as stream 0, longer than the video by 1 s) before the video stream.
+    """
     with av.open(str(path), "w", options=container_options or {}) as container:
+        audio = container.add_stream("aac", rate=8000, layout="mono") if audio_first else None
         stream = container.add_stream(codec.codec, rate=fps, options=dict(codec.options))
         stream.width, stream.height, stream.pix_fmt = width, height, codec.pix_fmt
         for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(pattern_frame(i, width, height), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+        if audio is not None:
+            _encode_tone(container, audio, n_frames / fps + 1.0)
     return path
+
+
+def _encode_tone(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+    rate = stream.rate
+    samples = np.sin(np.arange(int(seconds * rate), dtype=np.float32) / 10)[None, :]  # float32[1, T]
+    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+    frame.sample_rate, frame.pts = rate, 0
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
 
 
 def write_audio_only(path: Path, seconds: float = 1.0, rate: int = 8000) -> Path:
     """A WAV file (one pcm_s16le stream, no video)."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
-        samples = (np.sin(np.arange(int(seconds * rate)) / 10) * 8000).astype(np.int16)[None, :]  # int16[1, T]
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = rate
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        _encode_tone(container, container.add_stream("pcm_s16le", rate=rate, layout="mono"), seconds)
     return path
 
 

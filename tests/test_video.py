@@ -194,6 +194,15 @@ def test_repeated_indices_when_the_video_is_slower_than_choose_fps(tmp_path: Pat
     assert [read_frame_number(f) for f in out.frames] == out.frame_indices
 
 
+@pytest.mark.parametrize("key", ["mp4-h264", "mkv-h264"])
+def test_audio_track_before_the_video_track(tmp_path: Path, key: str) -> None:
+    """Stream 0 is AAC audio lasting 1 s longer; the video stream is still found, counted and decoded."""
+    codec = CODECS[key]
+    clip = write_video(tmp_path / f"with_audio{codec.suffix}", codec, 75, audio_first=True)
+    out = load_video(Video(clip, fps=5))
+    assert out.n_frames == 75 and [read_frame_number(f) for f in out.frames] == out.frame_indices
+
+
 def test_bytes_and_wrong_extension_are_probed_by_content(clips: dict[str, Path], tmp_path: Path) -> None:
     renamed = tmp_path / "actually_mp4.avi"
     renamed.write_bytes(clips["mp4-h264"].read_bytes())

@@ -263,10 +263,11 @@ def _open(source: str | os.PathLike | bytes, name: str) -> Any:
 
 
 def _video_stream(container: Any, name: str) -> Any:
-    if not container.streams.video:
+    """FFmpeg's best video stream (skips cover-art pictures, prefers the main track)."""
+    stream = container.streams.best("video")
+    if stream is None:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise InputError(f"{name}: the file has no video stream (streams: {', '.join(kinds)}); pass a video file")
-    stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame + slice threads
     return stream
 
