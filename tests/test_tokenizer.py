@@ -6,6 +6,7 @@ import json
 import unicodedata
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
@@ -57,6 +58,11 @@ def test_special_ids_are_resolved_by_name(tok, checks):
     assert (tok.im_start_id, tok.im_end_id) == (checks["bos_token_id"], checks["eos_token_id"])
     assert (tok.pad_id, tok.unk_id) == (checks["pad_token_id"], checks["unk_token_id"])
     assert tok.stop_ids == (checks["eos_token_id"], checks["pad_token_id"])
+
+
+def test_decode_accepts_tensors(tok):
+    ids = tok.encode("Hello, world!")
+    assert tok.decode(torch.tensor(ids)) == "Hello, world!"
 
 
 def test_no_bos_or_eos_is_added(tok):

@@ -104,12 +104,13 @@ class Tokenizer:
         return enc.ids, enc.offsets
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        """Text of `ids`. Nothing is dropped except, on request, the special tokens.
+        """Text of `ids` (ints, numpy ints or a 1-D tensor). Nothing is dropped except, on request,
+        the special tokens.
 
         (`<think>`/`</think>` and the tool tokens are added but not special, so they are always kept,
         as in the reference tokenizer.)
         """
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, text: str) -> int | None:
         return self.backend.token_to_id(text)
