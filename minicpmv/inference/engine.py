@@ -453,8 +453,10 @@ class Engine:
     # ---- choosing tokens --------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Next token of every row: int64[B] (beam requests also reorder their rows here)."""
-        tokens = torch.zeros(len(self._rows), dtype=torch.long, device=self.device)
         sample_rows = [i for i, (live, _) in enumerate(self._rows) if live.beams is None]
+        if len(sample_rows) == len(self._rows):
+            return self._sample_rows(sample_rows, logits)
+        tokens = torch.zeros(len(self._rows), dtype=torch.long, device=self.device)
         if sample_rows:
             idx = torch.tensor(sample_rows, device=self.device)
             tokens[idx] = self._sample_rows(sample_rows, logits[idx])
@@ -481,6 +483,8 @@ class Engine:
         """Greedy (temperature 0) or sampled token for each sampling row: int64[len(rows)]."""
         scores = self._processed_scores(rows, logits)
         lives = [self._rows[i][0] for i in rows]
+        if all(l.params.temperature == 0 for l in lives):
+            return sampling.greedy(scores)
         greedy = torch.tensor([l.params.temperature == 0 for l in lives], device=scores.device)
         out = torch.zeros(len(rows), dtype=torch.long, device=scores.device)
         if bool(greedy.any()):

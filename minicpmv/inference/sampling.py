@@ -65,8 +65,8 @@ def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
     HF formulation: sort ascending, drop every token whose cumulative probability (from the
     worst token up) is <= 1 - top_p; the best token always stays. Example: probabilities
-    [0.5, 0.3, 0.15, 0.05] with top_p 0.8 -> ascending cumsum [0.05, 0.2, 0.5, 1.0] for
-    [0.05, 0.15, 0.3, 0.5]; drop those <= 0.2 -> keep 0.5 and 0.3. top_p 1 = off.
+    [0.5, 0.3, 0.15, 0.05] with top_p 0.75 -> ascending cumsum [0.05, 0.2, 0.5, 1.0] for
+    [0.05, 0.15, 0.3, 0.5]; drop those <= 0.25 -> keep 0.5 and 0.3. top_p 1 = off.
     """
     if bool((top_p >= 1).all()):
         return scores
