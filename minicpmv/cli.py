@@ -14,7 +14,9 @@ import asyncio
 import importlib
 import os
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,18 +36,61 @@ REPL_HELP = """commands:
   /help           this text                                 /quit         leave (also Ctrl-D)"""
 
 
-def load_service(model: str | None):
+def load_service(model: str | None, tokenizer: str | None = None):
     """Load model + processor (`minicpmv.api.load`; None = the embedded demo model) and wrap them in a ChatService."""
-    from tqdm import tqdm
-
     from minicpmv.api import load
     from minicpmv.chat import ChatService
 
-    with tqdm(total=1, desc=f"loading {model or 'the embedded demo model'}", file=sys.stderr, leave=False,
-              bar_format="{desc}: {elapsed}") as bar:
-        loaded_model, processor = load(model)
-        bar.update(1)
+    with ticking(f"loading {model or 'the embedded demo model'}"):
+        loaded_model, processor = load(model, tokenizer=tokenizer)
     return ChatService(loaded_model, processor)
+
+
+@contextmanager
+def ticking(desc: str, interval_s: float = 0.25):
+    """A tqdm status line on stderr whose elapsed time ticks while the body runs (terminals only)."""
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, file=sys.stderr, leave=False, disable=None, bar_format="{desc}: {elapsed}") as bar:
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(interval_s):
+                bar.refresh()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+
+
+def decode_videos(messages: list[dict]) -> list[dict]:
+    """Video file parts -> decoded `Video(frames=...)` parts, with a progress bar per video (long decodes show).
+
+    The service would decode them itself; doing it here only adds the progress bar.
+    """
+    from tqdm import tqdm
+
+    from minicpmv.processor.video import Video, load_video
+
+    def decoded(part: dict) -> Any:
+        if part.get("type") != "video":
+            return part
+        options = {k: part[k] for k in ("fps", "packing", "max_groups") if k in part}
+        with tqdm(desc=f"decoding {Path(part['path']).name}", unit="frame", file=sys.stderr, leave=False,
+                  disable=None) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+            video = load_video(Video(path=part["path"], **options), name=part["path"], progress=progress)
+        return Video(frames=video.frames, temporal_ids=video.temporal_ids)
+
+    return [{**m, "content": [decoded(p) for p in m["content"]]} if isinstance(m["content"], list) else m
+            for m in messages]
 
 
 # ---- chat ----
@@ -53,6 +98,8 @@ def load_service(model: str | None):
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint folder or preset name (default: the embedded demo model)")
+    p.add_argument("--tokenizer", default=None,
+                   help="with a preset (random weights): folder holding tokenizer.json and preprocessor_config.json")
 
 
 def _add_media_args(p: argparse.ArgumentParser) -> None:
@@ -129,6 +176,7 @@ async def answer(service, messages: list[dict], params, enable_thinking: bool, m
                  printer: Printer, stream: bool) -> tuple[str, int, float]:
     """Run one completion, printing it; returns (answer text, completion tokens, seconds)."""
     start, text, tokens = time.perf_counter(), "", 0
+    messages = decode_videos(messages)
     if stream:
         async for ev in service.stream(messages, params, enable_thinking=enable_thinking, media=media,
                                        system_prompt=system):
@@ -152,16 +200,19 @@ def run_chat(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty()
     media = MediaOptions(max_slice_nums=args.max_slice_nums, fps=args.fps, packing=args.packing)
     overrides = {k: v for k, v in (("temperature", args.temperature), ("seed", args.seed)) if v is not None}
-    make_params = lambda think: SamplingParams.for_mode(think, max_new_tokens=args.max_new_tokens, **overrides)  # noqa: E731
+
+    def make_params(think: bool) -> SamplingParams:
+        return SamplingParams.for_mode(think, max_new_tokens=args.max_new_tokens, **overrides)
+
     show = tty if args.show_reasoning is None else args.show_reasoning
     printer = Printer(tty=tty, show_reasoning=show)
     stream = tty if args.stream is None else args.stream
     question = " ".join(args.question)
     if not question:
         first = user_message("", args.image, args.video, media)["content"]
-        return Repl(load_service(args.model), make_params, media, args.system, printer, stream, args.think,
-                    pending=first).run()
-    service = load_service(args.model)
+        service = load_service(args.model, args.tokenizer)
+        return Repl(service, make_params, media, args.system, printer, stream, args.think, pending=first).run()
+    service = load_service(args.model, args.tokenizer)
     messages = [user_message(question, args.image, args.video, media)]
     asyncio.run(answer(service, messages, make_params(args.think), args.think, media, args.system, printer, stream))
     return 0
@@ -209,7 +260,11 @@ class Repl:
             return "quit"
         if name in ("/image", "/video") and arg:
             kind = name[1:]
-            part = user_message("", [arg] if kind == "image" else [], [arg] if kind == "video" else [], self.media)
+            try:
+                part = user_message("", [arg] * (kind == "image"), [arg] * (kind == "video"), self.media)
+            except InputError as e:
+                _note(f"error: {e}")
+                return None
             self.pending += part["content"]
             _note(f"attached {kind} {arg} to the next message")
         elif name == "/think" and arg in ("on", "off"):
@@ -303,7 +358,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from minicpmv.serve.openai_server import run_server
 
     config = server_config(args)
-    service = load_service(args.model)
+    service = load_service(args.model, args.tokenizer)
     _note(f"serving {config.model_name or service.model_name} on http://{config.host}:{config.port}/ "
           f"(API at /v1, key {'required' if config.api_key else 'not required'})")
     run_server(service, config)
@@ -348,7 +403,7 @@ def input_cost(service, images: list[str], videos: list[str], media) -> list[tup
 def run_info(args: argparse.Namespace) -> int:
     from minicpmv.inference.types import MediaOptions
 
-    service = load_service(args.model)
+    service = load_service(args.model, args.tokenizer)
     rows = [("model", service.model_name), *model_summary(service.model)]
     media = MediaOptions(max_slice_nums=args.max_slice_nums, fps=args.fps, packing=args.packing)
     rows += input_cost(service, args.image, args.video, media)

@@ -1,4 +1,5 @@
-"""The `minicpmv` CLI (minicpmv/cli.py) with a FAKE ChatService; integration with the tiny reference model at the end."""
+"""The `minicpmv` CLI (minicpmv/cli.py) with a FAKE ChatService; integration with the tiny reference model at the
+end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 
 from minicpmv import cli
 from minicpmv.inference.types import MediaOptions
+from minicpmv.processor.video import Video
+from conftest import reference_path
 from test_media_fetch import png_bytes, video_bytes
 from test_server import FakeChatService
 
@@ -30,7 +33,7 @@ def fake(monkeypatch):
     service = FakeWithModel()
     loaded: list[str | None] = []
 
-    def load_service(model):
+    def load_service(model, tokenizer=None):
         loaded.append(model)
         return service
 
@@ -70,7 +73,8 @@ def test_thinking_sampling_flags_and_reasoning_tags(fake, image, tmp_path, capsy
     call = fake.calls[-1]
     assert call["enable_thinking"] is True
     assert (call["params"].temperature, call["params"].seed, call["params"].max_new_tokens) == (0.0, 3, 50)
-    assert call["messages"][0]["content"][1] == {"type": "video", "path": str(video), "fps": 2.0, "packing": 2}
+    decoded = call["messages"][0]["content"][1]  # decoded by the CLI (for its progress bar): 2 s at 2 fps
+    assert isinstance(decoded, Video) and len(decoded.frames) == 4 and len(decoded.temporal_ids) == 2
     assert call["media"] == MediaOptions(fps=2.0, packing=2)
     assert cli.main(["chat", "--think", "why"]) == 0
     assert capsys.readouterr().out == "echo: why\n", "off a terminal the reasoning is hidden unless asked for"
@@ -82,12 +86,14 @@ def test_missing_file_is_a_clear_error(fake, capsys):
 
 
 def test_repl_history_attachments_thinking_and_reset(fake, image, monkeypatch, capsys):
-    lines = [f"/image {image}", "what is this", "/think on", "and now", "/bogus", "/reset", "fresh start", "/quit"]
+    lines = ["/image /no/such.png", f"/image {image}", "what is this", "/think on", "and now", "/bogus", "/reset",
+             "fresh start", "/quit"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
     assert cli.main(["chat"]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["echo: what is this", "echo: and now", "echo: fresh start"]
-    assert "attached image" in captured.err and "/think on|off" in captured.err and "conversation reset" in captured.err
+    for note in ["error: no such file: '/no/such.png'", "attached image", "/think on|off", "conversation reset"]:
+        assert note in captured.err
     first, second, third = fake.calls
     assert first["messages"][0]["content"][0] == {"type": "image", "image": image}
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
@@ -144,3 +150,41 @@ def test_help_is_fast_and_imports_no_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "minicpmv"
+    if not script.exists():
+        pytest.skip(f"{script} not installed (pip install -e .)")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert all(name in out for name in ("chat", "serve", "info"))
+
+
+# ---- integration: the real loader and ChatService on the tiny reference model ----
+
+@pytest.fixture(scope="module")
+def real_loader():
+    """cli.load_service, loading the tiny reference model once for this module."""
+    path = str(reference_path("tiny_model"))
+    service = cli.load_service(path)
+    yield path, lambda model, tokenizer=None: service if model == path else cli.load_service(model, tokenizer)
+    service.close(cancel_running=True, timeout=10)
+
+
+def test_real_chat_and_info(real_loader, image, tmp_path, monkeypatch, capsys):
+    path, loader = real_loader
+    monkeypatch.setattr(cli, "load_service", loader)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(video_bytes())
+    assert cli.main(["chat", "--model", path, "--image", image, "--temperature", "0", "--max-new-tokens", "4",
+                     "--no-stream", "Describe it."]) == 0
+    once = capsys.readouterr().out
+    assert cli.main(["chat", "--model", path, "--image", image, "--temperature", "0", "--max-new-tokens", "4",
+                     "--stream", "Describe it."]) == 0
+    assert capsys.readouterr().out == once and once.strip(), "greedy: streamed and whole answers agree"
+    assert cli.main(["info", "--model", path, "--image", image, "--video", str(video), "--fps", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = dict(line.split(None, 1) for line in out.splitlines() if line.startswith(("parameters", "dtype")))
+    assert int(rows["parameters"].replace(",", "")) > 0 and rows["dtype"].strip() in ("float32", "bfloat16")
+    assert re.search(r"video \S+ +\d+ visual tokens", out) and "all together" in out
+

@@ -113,7 +113,8 @@ class Recorder:
         return self.routes[request.headers["host"] + request.url.path]
 
 
-def remote_fetcher(routes: dict[str, httpx.Response], dns: dict[str, list[str]], **policy) -> tuple[MediaFetcher, Recorder]:
+def remote_fetcher(routes: dict[str, httpx.Response], dns: dict[str, list[str]],
+                   **policy) -> tuple[MediaFetcher, Recorder]:
     recorder = Recorder(routes)
     fetcher = MediaFetcher(MediaPolicy(allow_remote_media=True, **policy), resolve=lambda host, port: dns[host],
                            transport=httpx.MockTransport(recorder))

@@ -15,13 +15,14 @@ from dataclasses import replace
 import httpx
 import pytest
 import uvicorn
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, OpenAI
 from PIL import Image
 
 from minicpmv.errors import InputError
 from minicpmv.inference.types import ChatResult, MediaOptions, SamplingParams, StreamEvent, Usage
 from minicpmv.serve import MediaPolicy, ServerConfig
 from minicpmv.serve.openai_server import create_app
+from conftest import reference_path
 from test_media_fetch import data_url, huge_png_bytes, png_bytes, video_bytes
 
 
@@ -41,7 +42,7 @@ class FakeChatService:
 
     def count_tokens(self, messages: list[dict], media: MediaOptions) -> Usage:
         parts = [p for m in messages for p in (m["content"] if isinstance(m["content"], list) else [])]
-        visual = 64 * sum(p["type"] != "text" for p in parts)
+        visual = 64 * sum(_kind(p) != "text" for p in parts)
         text = sum(len(_text(m).split()) for m in messages)
         return Usage(prompt_tokens=text + visual, visual_tokens=visual)
 
@@ -49,7 +50,7 @@ class FakeChatService:
         last = _text(next(m for m in reversed(messages) if m["role"] == "user"))
         if "RAISE_INPUT_ERROR" in last:
             raise InputError("messages[0]: the fake service refuses this text")
-        images = sum(p["type"] == "image" for m in messages if isinstance(m["content"], list) for p in m["content"])
+        images = sum(_kind(p) == "image" for m in messages if isinstance(m["content"], list) for p in m["content"])
         reasoning = ["looking", "at", f"{images}", "images"] if enable_thinking else []
         return reasoning, ["echo:", *last.split()]
 
@@ -57,6 +58,7 @@ class FakeChatService:
                      system_prompt=""):
         self.calls.append(dict(messages=messages, params=params, enable_thinking=enable_thinking, media=media))
         reasoning, answer = self._words(messages, enable_thinking)
+        prompt = self.count_tokens(messages, media)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         finished = False
@@ -69,7 +71,7 @@ class FakeChatService:
                         raise RuntimeError("the fake service failed mid-stream")
                     yield StreamEvent(index, kind, text.strip() if k == len(tokens) - 1 else text)
                 reason = "length" if len(tokens) > params.max_new_tokens else "stop"
-                usage = Usage(completion_tokens=min(len(tokens), params.max_new_tokens))
+                usage = replace(prompt, completion_tokens=min(len(tokens), params.max_new_tokens))
                 yield StreamEvent(index, "answer", "", finished=True, finish_reason=reason, usage=usage)
             finished = True
         finally:
@@ -86,9 +88,14 @@ class FakeChatService:
                            finish_reason=t["reason"], usage=t["usage"]) for t in texts]
 
 
+def _kind(part) -> str:
+    """A typed dict part's type; other parts (e.g. a decoded Video object from the CLI) are 'other'."""
+    return part["type"] if isinstance(part, dict) else "other"
+
+
 def _text(message: dict) -> str:
     content = message["content"]
-    return content if isinstance(content, str) else " ".join(p["text"] for p in content if p["type"] == "text")
+    return content if isinstance(content, str) else " ".join(p["text"] for p in content if _kind(p) == "text")
 
 
 class ServerThread:
@@ -271,9 +278,10 @@ def bad_requests(media_dir) -> dict[str, tuple[int, dict | bytes, str]]:
         "dotdot escape": (400, msg(image(f"{media_dir}/allowed/../secret.png")), "outside the allowed media"),
         "n too large": (400, good_body(n=1000), "n=1000 exceeds"),
         "max_tokens too large": (400, good_body(max_tokens=10**6), "max_tokens=1000000 exceeds"),
-        "prompt too long": (400, good_body(messages=[{"role": "user", "content": "w " * 600}]), "over the limit of 500"),
-        "thinking flags disagree": (400, good_body(enable_thinking=True, chat_template_kwargs={"enable_thinking": False}),
-                                    "disagree"),
+        "prompt too long": (400, good_body(messages=[{"role": "user", "content": "w " * 600}]),
+                            "over the limit of 500"),
+        "thinking flags disagree": (400, good_body(enable_thinking=True,
+                                                   chat_template_kwargs={"enable_thinking": False}), "disagree"),
         "tools": (400, good_body(tools=[{"type": "function"}]), "tool calling"),
         "service input error": (400, good_body(messages=[{"role": "user", "content": "RAISE_INPUT_ERROR"}]),
                                 "fake service refuses"),
@@ -335,8 +343,7 @@ def test_32_concurrent_streaming_clients():
 
     async def main(url: str) -> list[str]:
         client = AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
-                             http_client=__import__("openai").DefaultAsyncHttpxClient(
-                                 limits=httpx.Limits(max_connections=64)))
+                             http_client=DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=64)))
         return await asyncio.gather(*(one(client, i) for i in range(32)))
 
     with ServerThread(create_app(service, ServerConfig())) as srv:
@@ -373,7 +380,8 @@ def test_disconnecting_clients_free_their_slot():
 
 def test_busy_server_answers_429_and_midstream_errors_are_in_band():
     service = FakeChatService(delay=0.05)
-    with ServerThread(create_app(service, ServerConfig(max_in_flight=1))) as srv, httpx.Client(base_url=srv.url) as http:
+    app = create_app(service, ServerConfig(max_in_flight=1))
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url) as http:
         with http.stream("POST", "/v1/chat/completions", json=good_body(stream=True, max_tokens=50,
                                                                       messages=[{"role": "user", "content": "a b c"}])):
             busy = http.post("/v1/chat/completions", json=good_body())
@@ -401,3 +409,77 @@ def test_graceful_shutdown_finishes_in_flight_streams():
     reader.join(10)
     assert not srv.thread.is_alive(), "the server should stop once the stream is done"
     assert lines[-1] == "data: [DONE]" and service.cancelled == 0
+
+
+# ---- integration: the real ChatService on the tiny reference model ----
+
+@pytest.fixture(scope="module")
+def real_server():
+    import torch
+
+    from minicpmv.api import load
+    from minicpmv.chat import ChatService
+
+    model, processor = load(reference_path("tiny_model"), device="cpu", dtype=torch.float32)
+    service = ChatService(model, processor)
+    with ServerThread(create_app(service, ServerConfig(max_prompt_tokens=2000))) as srv:
+        yield srv
+    service.close(cancel_running=True, timeout=10)
+
+
+def test_real_model_streaming_equals_non_streaming(real_server):
+    client = OpenAI(base_url=real_server.url + "/v1", api_key="x", max_retries=0)
+    messages = user(image(data_url(png_bytes((200, 150)), "image/png")), text("Describe the image."))
+    for thinking in (False, True):
+        kwargs = dict(model="x", messages=messages, max_tokens=4, temperature=0,
+                      extra_body={"chat_template_kwargs": {"enable_thinking": thinking}})
+        whole = client.chat.completions.create(**kwargs)
+        reasoning, content, usage = "", "", None
+        for chunk in client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}):
+            usage = chunk.usage or usage
+            for c in chunk.choices:
+                reasoning += getattr(c.delta, "reasoning_content", None) or ""
+                content += c.delta.content or ""
+        msg = whole.choices[0].message
+        assert (reasoning, content) == (msg.reasoning_content or "", msg.content), thinking
+        assert usage.model_dump() == whole.usage.model_dump(), thinking
+        assert whole.usage.completion_tokens == 4 and whole.choices[0].finish_reason == "length"
+        assert whole.usage.prompt_tokens_details.visual_tokens == 64
+        assert thinking or msg.reasoning_content is None
+
+
+def test_real_model_video_and_errors(real_server):
+    client = OpenAI(base_url=real_server.url + "/v1", api_key="x", max_retries=0)
+    out = client.chat.completions.create(
+        model="x", max_tokens=3, temperature=0, extra_body={"fps": 2, "packing": 2},
+        messages=user({"type": "video_url", "video_url": {"url": data_url(video_bytes(), "video/mp4")}},
+                      text("What happens?")))
+    assert out.usage.prompt_tokens_details.visual_tokens == 2 * 64, "8 frames at 4 fps, sampled at 2 fps, packed by 2"
+    with httpx.Client(base_url=real_server.url) as http:
+        r = http.post("/v1/chat/completions", json=good_body(messages=[{"role": "user", "content": "a <image> tag"}]))
+        assert r.status_code == 400 and "<image>" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json=good_body(messages=user(image("data:image/png;base64,@@"))))
+        assert r.status_code == 400
+        assert http.post("/v1/chat/completions", json=good_body(max_tokens=2)).json()["usage"]["completion_tokens"] == 2
+
+
+def test_real_model_32_concurrent_streams_match_sequential_results(real_server):
+    prompts = [f"Say something about the number {i}." for i in range(32)]
+
+    async def one(client: AsyncOpenAI, prompt: str, stream: bool) -> str:
+        kwargs = dict(model="x", messages=[{"role": "user", "content": prompt}], max_tokens=3, temperature=0)
+        if not stream:
+            return (await client.chat.completions.create(**kwargs)).choices[0].message.content
+        chunks = await client.chat.completions.create(**kwargs, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+
+    async def main() -> tuple[list[str], list[str]]:
+        client = AsyncOpenAI(base_url=real_server.url + "/v1", api_key="x", max_retries=0, timeout=120,
+                             http_client=DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=64)))
+        alone = [await one(client, p, stream=False) for p in prompts[:2]]
+        together = await asyncio.gather(*(one(client, p, stream=True) for p in prompts))
+        return alone, together
+
+    alone, together = asyncio.run(main())
+    assert all(together) and len(set(together)) > 1
+    assert together[:2] == alone, "greedy answers must not depend on what else is in the batch"

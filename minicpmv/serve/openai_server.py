@@ -263,9 +263,8 @@ async def stream_chunks(completion: Completion, first: StreamEvent, events: Asyn
                         call: ServiceCall, prompt: Usage, include_usage: bool) -> AsyncIterator[bytes]:
     """SSE body: a role chunk per choice, one chunk per event (`content` or `reasoning_content`), a final chunk
     with `finish_reason` per choice, optionally a usage chunk, then `[DONE]`."""
-    n = call.params.n
-    completion_tokens = 0
-    for i in range(n):
+    usage = Usage(prompt.prompt_tokens, prompt.visual_tokens)  # the finished events' counts replace these
+    for i in range(call.params.n):
         yield sse(completion.envelope("chat.completion.chunk", [
             {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
     event: StreamEvent | None = first
@@ -276,7 +275,9 @@ async def stream_chunks(completion: Completion, first: StreamEvent, events: Asyn
                 yield sse(completion.envelope("chat.completion.chunk", [
                     {"index": event.index, "delta": {key: event.text}, "finish_reason": None}]))
             if event.finished:
-                completion_tokens += event.usage.completion_tokens if event.usage else 0
+                if event.usage is not None:
+                    usage = Usage(event.usage.prompt_tokens, event.usage.visual_tokens,
+                                  usage.completion_tokens + event.usage.completion_tokens)
                 yield sse(completion.envelope("chat.completion.chunk", [
                     {"index": event.index, "delta": {}, "finish_reason": event.finish_reason or "stop"}]))
             event = await anext(events, None)
@@ -288,16 +289,16 @@ async def stream_chunks(completion: Completion, first: StreamEvent, events: Asyn
         yield sse({"error": {"message": error.message, "type": error.type, "param": None, "code": None}})
         return
     if include_usage:
-        usage = Usage(prompt.prompt_tokens, prompt.visual_tokens, completion_tokens)
         yield sse(completion.envelope("chat.completion.chunk", [], usage))
     yield sse("[DONE]")
 
 
-def completion_json(completion: Completion, results: list, prompt: Usage) -> dict:
+def completion_json(completion: Completion, results: list) -> dict:
     choices = [{"index": i, "finish_reason": r.finish_reason,
                 "message": {"role": "assistant", "content": r.answer, "reasoning_content": r.reasoning or None}}
                for i, r in enumerate(results)]
-    usage = Usage(prompt.prompt_tokens, prompt.visual_tokens, sum(r.usage.completion_tokens for r in results))
+    first = results[0].usage  # prompt counts repeat per result
+    usage = Usage(first.prompt_tokens, first.visual_tokens, sum(r.usage.completion_tokens for r in results))
     return completion.envelope("chat.completion", choices, usage)
 
 
@@ -413,7 +414,7 @@ class OpenAIServer:
                 return response
             results = await until_disconnected(request, self.service.complete(
                 call.messages, call.params, enable_thinking=call.enable_thinking, media=call.media))
-            return JSONResponse(completion_json(Completion(self.model_name), results, prompt))
+            return JSONResponse(completion_json(Completion(self.model_name), results))
         finally:
             if owned:
                 self.in_flight -= 1
@@ -460,9 +461,13 @@ def create_app(service, config: ServerConfig = ServerConfig(), *, fetcher: Media
 
 
 def run_server(service, config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout_s` to finish, then are cancelled."""
+    """Serve until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout_s` to finish, then are cancelled
+    and the service's engine is stopped."""
     import uvicorn
 
     uv_config = uvicorn.Config(create_app(service, config), host=config.host, port=config.port,
                                timeout_graceful_shutdown=config.shutdown_timeout_s, log_level="info")
-    uvicorn.Server(uv_config).run()
+    try:
+        uvicorn.Server(uv_config).run()
+    finally:
+        service.close(cancel_running=True, timeout=config.shutdown_timeout_s)
