@@ -218,7 +218,7 @@ def test_video_data_url_reaches_the_service_and_is_cleaned_up(client, server):
     assert out.choices[0].message.content == "echo: what happens"
     call = server.service.calls[-1]
     part = call["messages"][0]["content"][0]
-    assert part["type"] == "video" and part["fps"] == 2.0 and part["packing"] == 3
+    assert part["type"] == "video"
     assert call["media"] == MediaOptions(max_slice_nums=1, fps=2.0, packing=3)
     assert not __import__("os").path.exists(part["path"]), "the temporary video must be deleted after the request"
 
@@ -235,6 +235,15 @@ def test_sampling_fields_reach_the_service(client, server):
         (3, 2, 0.0, 0.5, ("END",), 7)
     assert params.top_k == 100 and params.repetition_penalty == 1.03, "unset fields keep the non-thinking defaults"
     assert server.service.calls[-1]["messages"][0] == {"role": "system", "content": "be brief"}
+
+
+def test_history_keeps_reasoning_content_and_maps_developer_to_system(client, server):
+    client.chat.completions.create(model="x", messages=[
+        {"role": "developer", "content": "be brief"}, {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1", "reasoning_content": "r1"}, {"role": "user", "content": "q2"}])
+    sent = server.service.calls[-1]["messages"]
+    assert sent[0] == {"role": "system", "content": "be brief"}
+    assert sent[2] == {"role": "assistant", "content": "a1", "reasoning_content": "r1"}
 
 
 def test_local_path_inside_allowed_dir(client, server, media_dir):

@@ -18,6 +18,18 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 
+# Pastes a 20x10 PNG drawn on a canvas into the prompt box, as a clipboard paste would.
+PASTE_IMAGE = """async () => {
+  const canvas = document.createElement('canvas');
+  canvas.width = 20; canvas.height = 10;
+  canvas.getContext('2d').fillRect(0, 0, 20, 10);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+  const data = new DataTransfer();
+  data.items.add(new File([blob], 'pasted.png', {type: 'image/png'}));
+  document.getElementById('prompt').dispatchEvent(
+    new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+}"""
+
 # Records every distinct text the newest answer shows, to prove the answer arrives in pieces.
 WATCH_ANSWERS = """() => {
   window.seen = [];
@@ -40,7 +52,7 @@ def browser():
         browser.close()
 
 
-def test_chat_with_image_video_streaming_and_thinking(browser, tmp_path):
+def test_chat_with_uploaded_and_pasted_images_video_streaming_and_thinking(browser, tmp_path):
     service = FakeChatService(delay=0.03)
     image = tmp_path / "red.png"
     image.write_bytes(png_bytes((64, 48)))
@@ -53,7 +65,8 @@ def test_chat_with_image_video_streaming_and_thinking(browser, tmp_path):
         page.evaluate(WATCH_ANSWERS)
 
         page.set_input_files("#image-input", str(image))
-        page.wait_for_selector("#attachments img")
+        page.evaluate(PASTE_IMAGE)
+        page.wait_for_function("document.querySelectorAll('#attachments img').length === 2")
         page.fill("#prompt", "what colour is this square")
         page.click("#send")
         answer = page.locator(".msg.assistant .answer").last
@@ -63,10 +76,10 @@ def test_chat_with_image_video_streaming_and_thinking(browser, tmp_path):
         assert len(page.evaluate("window.seen")) >= 3, "the answer should appear token by token"
         page.wait_for_selector("#send:not([disabled])")
         assert "completion tokens" in page.locator(".stats").last.text_content()
-        assert page.locator(".msg.user img").count() == 1
+        assert page.locator(".msg.user img").count() == 2
         first_call = service.calls[-1]
         assert first_call["enable_thinking"] is False
-        assert first_call["messages"][0]["content"][0]["image"].size == (64, 48)
+        assert [p["image"].size for p in first_call["messages"][0]["content"][:2]] == [(64, 48), (20, 10)]
 
         page.check("#thinking")
         page.set_input_files("#video-input", str(video))
@@ -79,7 +92,7 @@ def test_chat_with_image_video_streaming_and_thinking(browser, tmp_path):
         page.wait_for_selector("#send:not([disabled])")
         reasoning = page.locator(".msg.assistant .reasoning").last
         assert reasoning.is_visible() and reasoning.get_attribute("open") is None, "reasoning shown folded"
-        assert "looking at 1 images" in reasoning.text_content()
+        assert "looking at 2 images" in reasoning.text_content()
         second_call = service.calls[-1]
         assert second_call["enable_thinking"] is True
         assert [m["role"] for m in second_call["messages"]] == ["user", "assistant", "user"]

@@ -87,7 +87,7 @@ Part = TextPart | ImagePart | VideoPart
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[Part] | None = None
-    reasoning_content: str | None = None  # accepted in history; the chat template drops past reasoning
+    reasoning_content: str | None = None  # passed on; the chat template drops reasoning before the last query
 
 
 class TemplateKwargs(_Strict):
@@ -202,18 +202,21 @@ def build_call(req: ChatRequest, config: ServerConfig, fetcher: MediaFetcher) ->
                        param="messages")
     try:
         for i, msg in enumerate(req.messages):
-            call.messages.append(_convert_message(i, msg, media, fetcher, call.temp_files))
+            call.messages.append(_convert_message(i, msg, fetcher, call.temp_files))
     except BaseException:
         call.cleanup()
         raise
     return call
 
 
-def _convert_message(i: int, msg: Message, media: MediaOptions, fetcher: MediaFetcher,
-                     temp_files: list[Path]) -> dict:
-    role = "system" if msg.role == "developer" else msg.role
+def _convert_message(i: int, msg: Message, fetcher: MediaFetcher, temp_files: list[Path]) -> dict:
+    """One OpenAI message -> the service's form. Video parts carry only their path: the service fills in the
+    request's fps/packing/max_groups from MediaOptions."""
+    out: dict[str, Any] = {"role": "system" if msg.role == "developer" else msg.role}
+    if msg.reasoning_content is not None:
+        out["reasoning_content"] = msg.reasoning_content
     if not isinstance(msg.content, list):
-        return {"role": role, "content": msg.content or ""}
+        return {**out, "content": msg.content or ""}
     parts: list[dict] = []
     for j, part in enumerate(msg.content):
         what = f"messages[{i}].content[{j}]"
@@ -225,9 +228,8 @@ def _convert_message(i: int, msg: Message, media: MediaOptions, fetcher: MediaFe
             path, temporary = fetcher.video(part.video_url.url, what)
             if temporary:
                 temp_files.append(path)
-            options = {"fps": media.fps, "packing": media.packing, "max_groups": media.max_groups}
-            parts.append({"type": "video", "path": str(path), **{k: v for k, v in options.items() if v is not None}})
-    return {"role": role, "content": parts}
+            parts.append({"type": "video", "path": str(path)})
+    return {**out, "content": parts}
 
 
 # ---- responses ----
