@@ -1,0 +1,19 @@
+"""Synthetic multimodal task suite of the embedded demo model (seeded; nothing is downloaded).
+
+Families (`tasks.FAMILIES`): OCR of rendered words and numbers, counting shapes, naming colours and
+shapes, the tallest bar of a bar chart, the sum of two drawn numbers (with a worked `<think>` trace for
+the long mode), and three short videos made frame by frame: direction of a moving shape, which shape
+appeared first, how many times a light flashed.
+
+    >>> from minicpmv.data.synthetic import make
+    >>> make("count", "test", 0)["answer"]          # doctest: +SKIP
+    '4'
+
+`suite.write_split` writes a split to JSONL + PNG files for the training recipes; `evaluate` (in
+`evaluate.py`) scores a model on the held-out split per family and mode.
+"""
+
+from minicpmv.data.synthetic.suite import SPLITS, corpus, iter_split, make, sample_seed, write_split
+from minicpmv.data.synthetic.tasks import FAMILIES, with_mode
+
+__all__ = ["FAMILIES", "SPLITS", "corpus", "iter_split", "make", "sample_seed", "with_mode", "write_split"]
