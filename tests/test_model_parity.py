@@ -175,3 +175,22 @@ def test_text_only_training_uses_every_parameter():
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert not unused, unused
     assert all(float(p.grad.abs().max()) == 0.0 for n, p in model.named_parameters() if not n.startswith("llm."))
+
+
+def test_bfloat16_model_runs_and_tracks_float32(model, cases):
+    """Pixels (float32) are cast to the vision dtype and every stage runs in bf16, close to float32."""
+    meta, tensors = cases
+    case = next(c for c in meta if c["tgt_sizes"] and any(len(g) > 1 for g in c["temporal_ids"]))
+    item = _fake_item(case, tensors, 3)
+    half = MiniCPMV.from_pretrained(reference_path("tiny_model"), dtype=torch.bfloat16)
+    outs = []
+    with torch.no_grad():
+        for m in (model, half):
+            vision = m.encode_vision(item["pixels"], item["tgt"], item["temporal"])  # [G, Q, D]
+            logits = m(item["ids"][None], pixel_values=[item["pixels"]], tgt_sizes=[item["tgt"]],
+                       temporal_ids=[item["temporal"]], image_bounds=[item["bounds"]], num_logits_to_keep=1).logits
+            outs.append((vision, logits))
+    (v32, l32), (v16, l16) = outs
+    assert v16.dtype == l16.dtype == torch.bfloat16
+    assert (v16.float() - v32).norm() / v32.norm() < 0.05
+    assert (l16.float() - l32).norm() / l32.norm() < 0.05
