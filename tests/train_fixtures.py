@@ -3,11 +3,13 @@ supported formats (nothing committed; everything is written under pytest's tmp_p
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import av
 import numpy as np
+import torch
 from PIL import Image
 
 QUESTIONS = ["What is shown?", "Describe it.", "Which colour dominates?", "What do you see?"]
@@ -60,3 +62,29 @@ def write_dataset(root: Path, kinds: list[str], name: str = "train.jsonl") -> Pa
     path = root / name
     path.write_text("".join(json.dumps(official_record(i, k)) + "\n" for i, k in enumerate(kinds)))
     return path
+
+
+def small_image_model(src: Path, dst: Path, side: int = 112) -> Path:
+    """The tiny reference model with slices of about side x side pixels instead of 448 x 448
+    (64 ViT patches instead of 1024 per slice: the training tests spend their time on training,
+    not on the vision tower). Weights and tokenizer are symlinked, the two configs rewritten."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name not in ("config.json", "preprocessor_config.json"):
+            (dst / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**config, "image_size": side}))
+    pre = json.loads((src / "preprocessor_config.json").read_text())
+    (dst / "preprocessor_config.json").write_text(json.dumps({**pre, "scale_resolution": side}))
+    return dst
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny tensors train fastest on one thread, and a busy machine does not make two threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
