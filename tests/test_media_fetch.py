@@ -15,7 +15,7 @@ from PIL import Image
 
 from minicpmv.errors import InputError
 from minicpmv.serve import MediaPolicy
-from minicpmv.serve.media import MediaFetcher, decode_data_url, is_public_address, open_image
+from minicpmv.serve.media import MediaFetcher, decode_data_url, is_public_address
 
 
 def png_bytes(size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -72,14 +72,15 @@ def test_data_url_round_trip_and_strict_errors():
 
 
 def test_pixel_limit_is_checked_before_decoding():
-    data = huge_png_bytes()
+    fetcher = MediaFetcher(MediaPolicy(max_image_pixels=36_000_000))
+    url = data_url(huge_png_bytes(), "image/png")
     start = time.perf_counter()
-    with pytest.raises(InputError, match="8000x6250 = 50000000 pixels exceeds the limit of 36000000"):
-        open_image(data, "image 1", 36_000_000)
+    with pytest.raises(InputError, match="image 1: .*8000x6250 = 50000000 pixels, over the limit of 36000000"):
+        fetcher.image(url, "image 1")
     assert time.perf_counter() - start < 0.5, "the header alone should decide"
-    assert open_image(png_bytes(), "image 1", 36_000_000).size == (32, 24)
-    with pytest.raises(InputError, match="not a readable image"):
-        open_image(b"GIF89a but not really", "image 1", 100)
+    assert fetcher.image(data_url(png_bytes(), "image/png"), "image 1").size == (32, 24)
+    with pytest.raises(InputError, match="image 1: could not decode"):
+        fetcher.image(data_url(b"GIF89a but not really", "image/gif"), "image 1")
 
 
 def test_local_paths_only_inside_the_allowed_dir(tmp_path):

@@ -10,7 +10,7 @@ Everything here is about safety: every limit is checked before the expensive ste
   unspecified), and the connection goes to the checked address itself (no second DNS lookup that an attacker
   could answer differently). Redirects are followed by hand, each hop checked again. Downloads stop at
   `max_media_bytes`.
-* Images are refused by their header size (`max_image_pixels`) before any pixel is decoded.
+* Images are refused by their header size (`max_image_pixels`) before any pixel is decoded (`load_image`).
 
 The server calls these blocking functions from a worker thread.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import ipaddress
 import socket
 import tempfile
@@ -28,9 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from minicpmv.errors import InputError
+from minicpmv.processor.image import load_image
 from minicpmv.serve import MediaPolicy
 
 Resolver = Callable[[str, int], list[str]]
@@ -76,21 +76,6 @@ def decode_data_url(url: str, what: str, max_bytes: int) -> tuple[str, bytes]:
     return header[len("data:"):-len(";base64")], data
 
 
-def open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
-    """Decode image bytes to RGB, refusing images whose header declares more than `max_pixels` pixels."""
-    try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{what}: not a readable image ({e}); send PNG, JPEG, WebP, GIF or BMP") from e
-    w, h = img.size
-    if w * h > max_pixels:
-        raise InputError(f"{what}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}; downscale the image")
-    try:
-        return img.convert("RGB")  # decodes the pixels
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{what}: the image data is corrupt ({e})") from e
-
-
 class MediaFetcher:
     """Loads the images and videos a request refers to, under a `MediaPolicy`.
 
@@ -104,12 +89,13 @@ class MediaFetcher:
         self._transport = transport
 
     def image(self, url: str, what: str) -> Image.Image:
-        """An `image_url` url -> RGB PIL image."""
+        """An `image_url` url -> RGB PIL image, decoded the processor's way (EXIF orientation applied); the pixel
+        limit is checked from the header before any pixel is decoded."""
         if url.startswith("data:"):
             _, data = decode_data_url(url, what, self.policy.max_media_bytes)
         else:
             data = self._read_reference(url, what)
-        return open_image(data, what, self.policy.max_image_pixels)
+        return load_image(data, max_pixels=self.policy.max_image_pixels, name=what)
 
     def video(self, url: str, what: str) -> tuple[Path, bool]:
         """A `video_url` url -> (local path, is_temporary). The caller deletes temporary files."""
