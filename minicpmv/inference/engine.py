@@ -330,7 +330,12 @@ class Engine:
         return events
 
     def generate(self, requests: list[Request]) -> list[RequestOutput]:
-        """Run `requests` to completion (prefilled together as one batch); outputs in input order."""
+        """Run `requests` to completion (prefilled together as one batch); outputs in input order.
+
+        Requests added before (with `add_request`) are stepped too, but their events are not returned.
+        """
+        for r in requests:  # all or none: a bad request must not leave the others queued
+            check_request(r, self.llm_cfg.vocab_size, self.llm_cfg.max_position_embeddings)
         ids = [self.add_request(r) for r in requests]
         lives = {l.id: l for l in self._waiting if l.id in set(ids)}
         while any(not lives[i].finished for i in ids):

@@ -34,9 +34,9 @@ def ban_tokens(scores: torch.Tensor, token_ids: torch.Tensor, rows: torch.Tensor
     """
     if token_ids.numel() == 0 or not bool(rows.any()):
         return scores
-    banned = torch.zeros_like(scores, dtype=torch.bool)
-    banned[:, token_ids] = True
-    return scores.masked_fill(banned & rows[:, None], float("-inf"))
+    out = scores.clone()
+    out[rows.nonzero()[:, :1], token_ids[None, :]] = float("-inf")  # [n_rows, 1] x [1, K] -> [n_rows, K]
+    return out
 
 
 def apply_temperature(scores: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
