@@ -208,7 +208,8 @@ def official_conversations(image: Any, msgs: Any) -> tuple[bool, list[list[dict]
     if isinstance(msgs, str):
         msgs = json.loads(msgs)
     if not isinstance(msgs, (list, tuple)) or not msgs:
-        raise InputError(f"msgs must be a non-empty list of {{'role', 'content'}} messages (or a list of such lists), got {msgs!r:.80}")
+        raise InputError("msgs must be a non-empty list of {'role', 'content'} messages (or a list of such lists), "
+                         f"got {msgs!r:.80}")
     batched = isinstance(msgs[0], (list, tuple, str))
     if batched and image is not None:
         raise InputError("with a batch of conversations pass image=None and put each image inside its msgs")

@@ -136,7 +136,8 @@ def check_request(req: Request, vocab_size: int, max_positions: int) -> None:
         raise InputError(f"prompt ids {bad[:5]} are outside the vocabulary 0..{vocab_size - 1}")
     rules = [
         (p.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {p.max_new_tokens}"),
-        (0 <= p.min_new_tokens <= p.max_new_tokens, f"min_new_tokens {p.min_new_tokens} must be in 0..max_new_tokens {p.max_new_tokens}"),
+        (0 <= p.min_new_tokens <= p.max_new_tokens,
+         f"min_new_tokens {p.min_new_tokens} must be in 0..max_new_tokens {p.max_new_tokens}"),
         (p.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {p.temperature}"),
         (0 < p.top_p <= 1, f"top_p must be in (0, 1], got {p.top_p}"),
         (p.top_k >= 0, f"top_k must be >= 0 (0 = off), got {p.top_k}"),
@@ -144,11 +145,15 @@ def check_request(req: Request, vocab_size: int, max_positions: int) -> None:
         (p.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = off), got {p.repetition_penalty}"),
         (p.num_beams >= 1, f"num_beams must be >= 1, got {p.num_beams}"),
         (p.n >= 1, f"n must be >= 1, got {p.n}"),
-        (p.num_beams == 1 or p.n <= p.num_beams, f"n {p.n} > num_beams {p.num_beams}: beam search returns at most num_beams sequences"),
+        (p.num_beams == 1 or p.n <= p.num_beams,
+         f"n {p.n} > num_beams {p.num_beams}: beam search returns at most num_beams sequences"),
         (p.num_beams == 1 or not p.stop, "stop strings are not supported with beam search; use stop_token_ids or sampling"),
         (all(isinstance(s, str) and s for s in p.stop), f"stop strings must be non-empty strings, got {list(p.stop)}"),
-        (all(0 <= t < vocab_size for t in p.stop_token_ids), f"stop_token_ids {list(p.stop_token_ids)} outside 0..{vocab_size - 1}"),
-        (n_prompt + p.max_new_tokens <= max_positions, f"prompt of {n_prompt} tokens + max_new_tokens {p.max_new_tokens} exceeds the model's {max_positions} positions; shorten the input or lower max_new_tokens"),
+        (all(0 <= t < vocab_size for t in p.stop_token_ids),
+         f"stop_token_ids {list(p.stop_token_ids)} outside 0..{vocab_size - 1}"),
+        (n_prompt + p.max_new_tokens <= max_positions,
+         f"prompt of {n_prompt} tokens + max_new_tokens {p.max_new_tokens} exceeds the model's {max_positions} "
+         "positions; shorten the input or lower max_new_tokens"),
     ]
     for ok, message in rules:
         if not ok:
@@ -370,7 +375,9 @@ class Engine:
             ids[b, t - n :] = torch.tensor(live.request.prompt_ids)
             mask[b, t - n :] = 1
             v = live.request.vision
-            bounds.append(torch.as_tensor(v.image_bounds).reshape(-1, 2) + (t - n) if v is not None else torch.zeros(0, 2, dtype=torch.long))
+            spans = torch.as_tensor(v.image_bounds).reshape(-1, 2) if v is not None else torch.zeros(0, 2, dtype=torch.long)
+            bounds.append(spans + (t - n))  # shifted by the left padding
+            self._running[live.id] = live  # from here on an error reaches this request (EngineLoop, abort_all)
         cache = KVCache.allocate(self.llm_cfg, len(lives), t, self.dtype, self.device)
         out = self.model(
             ids.to(self.device), attention_mask=mask.to(self.device), image_bounds=bounds,
@@ -385,8 +392,6 @@ class Engine:
         for r, (live, _) in enumerate(rows):
             if live.params.penalize_prompt:
                 seen[r, torch.tensor(live.request.prompt_ids, device=self.device)] = True
-        for live in lives:
-            self._running[live.id] = live
         self._merge(cache, mask.to(self.device), seen, rows)
         return logits
 
@@ -537,7 +542,9 @@ class Engine:
         self._seen[target] = self._seen[source]
         return torch.tensor([tok[j] for j in keep], device=self.device)
 
-    def _beam_collect_finished(self, live: _Live, top: list[float], src: list[int], tok: list[int], ended: list[bool]) -> None:
+    def _beam_collect_finished(
+        self, live: _Live, top: list[float], src: list[int], tok: list[int], ended: list[bool]
+    ) -> None:
         """Add candidates ranked < K that ended to the K best finished hypotheses (while improvable)."""
         b, p, k = live.beams, live.params, live.params.num_beams
         if not b.improvable:
