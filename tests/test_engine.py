@@ -502,3 +502,21 @@ def test_engine_loop_serves_threads_and_cancels(model, proc):
     loop.close()
     with pytest.raises(RuntimeError, match="shut down"):
         loop.submit(reqs[0], lambda e: None)
+
+
+def test_engine_loop_reports_errors_and_keeps_serving(proc):
+    class Failing(ScriptedModel):
+        def forward(self, input_ids, attention_mask=None, cache=None, num_logits_to_keep=0, **kw):
+            if input_ids.shape[1] > 1 and 13 in input_ids[0].tolist():
+                raise RuntimeError("boom")
+            return super().forward(input_ids, attention_mask, cache, num_logits_to_keep, **kw)
+
+    tok = proc.tokenizer
+    loop = EngineLoop(Engine(Failing([5, 6, tok.im_end_id], tok.vocab_size), tok))
+    got: dict[str, object] = {}
+    failed, served = threading.Event(), threading.Event()
+    loop.submit(Request([1, 13], GREEDY), lambda e: (got.setdefault("bad", e), failed.set()))
+    assert failed.wait(30) and isinstance(got["bad"], RuntimeError)
+    loop.submit(Request([1, 2], GREEDY), lambda e: e.completion and (got.setdefault("good", e), served.set()))
+    assert served.wait(30) and got["good"].completion.finish_reason == "stop"
+    loop.close()
