@@ -1,10 +1,10 @@
 """The embedded demo model: the MiniCPM-V 4.5 architecture at CPU scale, and its tokenizer.
 
-`demo_config` is the `demo` preset: a 4-layer 128-wide SigLIP-style ViT, a 64-query 3D-Resampler and a
-4-layer 256-wide Qwen3 decoder over a ~1k byte-level BPE vocabulary (about 5 M parameters, ~10 MB in
-bfloat16). Slices are 224 px with 14 px patches (16 x 16 = 256 patches per slice), so a 448 x 448 image
-is cut into 4 slices + an overview instead of costing 1024 patches, and images above 224 x 224 still
-slice as in the full model. `init_model_dir` writes the starting folder of the training pipeline
+`demo_config` is the `demo` preset: a 4-layer 128-wide SigLIP-style ViT, a 32-query 3D-Resampler and a
+4-layer 192-wide Qwen3 decoder over a <1k byte-level BPE vocabulary (about 3 M parameters, ~6 MB in
+bfloat16). Slices are 224 px with 28 px patches (8 x 8 = 64 patches per slice: the 2-core CPU budget),
+so a 448 x 448 image is cut into 4 slices + an overview (320 patches, not 1024), and images above
+224 x 224 still slice as in the full model. `init_model_dir` writes the starting folder of the training pipeline
 (recipes/demo.py): tokenizer trained on the task corpus, configs, random weights.
 """
 
@@ -19,8 +19,8 @@ from minicpmv.processor.tokenizer import SPECIAL_TOKENS
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 SCALE_RESOLUTION = 224
-PATCH_SIZE = 14
-QUERY_NUM = 64
+PATCH_SIZE = 28
+QUERY_NUM = 32
 # Special tokens of the official vocabulary, by name; `special=False` ones are kept when decoding
 # with skip_special_tokens (as `<think>` / `</think>` in the official tokenizer).
 EXTRA_SPECIAL = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<point>", "</point>", "<|im_sep|>")
@@ -30,11 +30,11 @@ NOT_SPECIAL = ("<think>", "</think>")
 def demo_config(vocab_size: int, bos_token_id: int, eos_token_id: int) -> ModelConfig:
     """The demo preset for a tokenizer of `vocab_size` ids (bos = `<|endoftext|>`, eos = `<|im_end|>`)."""
     vision = VisionConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=2,
-                          patch_size=PATCH_SIZE, image_size=PATCH_SIZE * 32)
-    llm = LLMConfig(vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-                    num_kv_heads=2, head_dim=64, rope_theta=10_000.0, max_position_embeddings=4096,
+                          patch_size=PATCH_SIZE, image_size=PATCH_SIZE * 16)
+    llm = LLMConfig(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_layers=4, num_heads=3,
+                    num_kv_heads=1, head_dim=64, rope_theta=10_000.0, max_position_embeddings=4096,
                     bos_token_id=bos_token_id, eos_token_id=eos_token_id)
-    resampler = ResamplerConfig(num_queries=QUERY_NUM, embed_dim=llm.hidden_size, num_heads=2,
+    resampler = ResamplerConfig(num_queries=QUERY_NUM, embed_dim=llm.hidden_size, num_heads=3,
                                 kv_dim=vision.hidden_size)
     return ModelConfig(vision=vision, resampler=resampler, llm=llm, query_num=QUERY_NUM,
                        scale_resolution=SCALE_RESOLUTION, patch_size=PATCH_SIZE, torch_dtype="float32",

@@ -189,8 +189,8 @@ def make_vid_first(rng: random.Random, split: str) -> dict[str, Any]:
 
 
 def flash_pattern(rng: random.Random, n_frames: int, k: int) -> list[bool]:
-    """On/off states of n_frames with exactly k separate 'on' runs. Example (9, 2): e.g.
-    [F, T, T, F, F, T, F, F, F] -> the light flashes twice."""
+    """On/off states of n_frames with exactly k separate 'on' runs. Example (6, 2): e.g.
+    [F, T, T, F, T, F] -> the light flashes twice."""
     while True:
         on = [False] * n_frames
         for start in sorted(rng.sample(range(n_frames), k)):
@@ -203,9 +203,9 @@ def flash_pattern(rng: random.Random, n_frames: int, k: int) -> list[bool]:
 
 
 def make_vid_count(rng: random.Random, split: str) -> dict[str, Any]:
-    """A light flashes 1-3 times over 9 frames; how many times?"""
+    """A light flashes 1-3 times over 6 frames; how many times?"""
     color, k = rng.choice(list(COLORS)), rng.randint(1, 3)
-    on = flash_pattern(rng, 9, k)
+    on = flash_pattern(rng, 6, k)
     side = rng.randint(30, 50)
     x, y = rng.randint(4, FRAME_SIDE - side - 4), rng.randint(4, FRAME_SIDE - side - 4)
 
@@ -215,7 +215,7 @@ def make_vid_count(rng: random.Random, split: str) -> dict[str, Any]:
 
     times = [f"{i * 0.2:.1f} s" for i, v in enumerate(on) if v and (i == 0 or not on[i - 1])]
     reasoning = f"The light turns on at {_join(times)}. That is {k}."
-    return _sample("vid_count", split, _video(_frames(rng, 9, draw)), f"How many times does the {color} light flash?",
+    return _sample("vid_count", split, _video(_frames(rng, 6, draw)), f"How many times does the {color} light flash?",
                    str(k), reasoning, f"a {color} light flashes {k} times")
 
 

@@ -1,0 +1,107 @@
+"""Held-out accuracy of a model on the synthetic suite, per task family and mode.
+
+Each test sample is asked once in short mode (answer directly) and once in thinking mode (the model
+writes a `<think>` trace first), greedily. A reply is right when its answer, lower-cased and stripped
+of surrounding spaces, quotes and a final full stop, equals the reference: exact match, so 'AB12' vs
+'AB1' is wrong. Visual tokens and latency (pre-processing + generation, one request at a time) are
+averaged per sample (latency timed on a few samples run alone).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from minicpmv.data.synthetic.suite import iter_split
+from minicpmv.data.synthetic.tasks import FAMILIES
+
+MODES = ("short", "long")
+
+
+@dataclass(frozen=True)
+class FamilyScore:
+    family: str
+    mode: str
+    n: int
+    accuracy: float  # exact-match share, 0..1
+    visual_tokens: float  # mean per sample
+    latency_s: float  # mean seconds per sample
+
+
+def normalize(text: str) -> str:
+    """'  Red. ' -> 'red'; '"AB12"' -> 'ab12'."""
+    return text.strip().strip("\"'").strip().rstrip(".").strip().lower()
+
+
+def messages_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The user turn of a sample as processor messages (media object, then the question)."""
+    from minicpmv.processor.video import Video
+
+    if "video" in sample:
+        media = Video(frames=sample["video"]["frames"], temporal_ids=sample["video"]["temporal_ids"])
+    else:
+        media = sample["image"]
+    return [{"role": "user", "content": [media, sample["question"]]}]
+
+
+def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_family: int = 25,
+             modes: Sequence[str] = MODES, seed: int = 0, split: str = "test",
+             max_new_tokens: tuple[int, int] = (16, 64), latency_samples: int = 2) -> list[FamilyScore]:
+    """Scores per (family, mode) on the first `per_family` samples of `split`, all requests in flight
+    together (greedy, so batching does not change the answers); latency is then timed one request at
+    a time on the first `latency_samples` samples of each family.
+    max_new_tokens: (short, long) generation budgets."""
+    from minicpmv.chat import ChatService
+    from minicpmv.inference.types import SamplingParams
+
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    samples = list(iter_split(families, split, per_family, seed))
+    service = ChatService(model, processor, max_batch_size=32)
+    tally: dict[tuple[str, str], list[tuple[bool, int]]] = {}
+    latency: dict[tuple[str, str], list[float]] = {}
+    try:
+        for mode in modes:
+            thinking = mode == "long"
+            params = SamplingParams(max_new_tokens=max_new_tokens[thinking], temperature=0.0)
+            ask = lambda sample: service.generate(messages_of(sample), params, enable_thinking=thinking)[0]
+            with ThreadPoolExecutor(max_workers=16) as pool:  # concurrent requests share decode steps
+                results = list(pool.map(ask, samples))
+            for sample, result in zip(samples, results):
+                right = normalize(result.answer) == normalize(sample["answer"])
+                tally.setdefault((sample["family"], mode), []).append((right, result.usage.visual_tokens))
+            for sample in samples[: latency_samples * len(families)]:  # one request at a time
+                began = time.perf_counter()
+                ask(sample)
+                latency.setdefault((sample["family"], mode), []).append(time.perf_counter() - began)
+    finally:
+        service.close()
+    return [FamilyScore(family, mode, len(rows), sum(r[0] for r in rows) / len(rows),
+                        sum(r[1] for r in rows) / len(rows), _mean(latency.get((family, mode), [])))
+            for (family, mode), rows in sorted(tally.items(), key=lambda kv: (list(FAMILIES).index(kv[0][0]), kv[0][1]))]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def markdown_table(scores: Sequence[FamilyScore]) -> str:
+    """| family | short acc | long acc | visual tokens | latency short / long | ... one row per family."""
+    by = {(s.family, s.mode): s for s in scores}
+    families = list(dict.fromkeys(s.family for s in scores))
+    lines = ["| family | n | short: accuracy | thinking: accuracy | visual tokens / sample | latency short / thinking (s) |",
+             "|---|---|---|---|---|---|"]
+    for f in families:
+        short, long = by.get((f, "short")), by.get((f, "long"))
+        any_ = short or long
+        acc = lambda s: f"{100 * s.accuracy:.0f}%" if s else "-"
+        lat = " / ".join(f"{s.latency_s:.2f}" if s else "-" for s in (short, long))
+        lines.append(f"| {f} | {any_.n} | {acc(short)} | {acc(long)} | {any_.visual_tokens:.0f} | {lat} |")
+    return "\n".join(lines)
+
+
+def as_json(scores: Sequence[FamilyScore]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in scores]

@@ -1,0 +1,137 @@
+"""The embedded demo model, end to end: synthetic data -> tokenizer + random init -> pre-training stages
+1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> held-out evaluation -> (optionally) the
+shipped bfloat16 copy in minicpmv/assets/demo.
+
+    .venv/bin/python recipes/demo.py --config configs/demo.toml            # or: bash runs/demo.sh
+    .venv/bin/python recipes/demo.py --config configs/demo.toml --seed 1 --out-dir out/demo-seed1 --no-ship
+
+Every stage is a call of the shared recipes (recipes/pretrain.py, recipes/sft.py) with its own run
+folder under --out-dir (checkpoints, metrics.jsonl, the exported model); a finished stage is skipped
+when the pipeline is run again. GRPO (minicpmv/rl) is not run yet: its rollout module and recipe were
+not available when this model was trained, so the shipped model is the SFT model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from minicpmv.data.synthetic import FAMILIES, corpus, write_split
+from minicpmv.data.synthetic.evaluate import as_json, evaluate, markdown_table
+from minicpmv.demo import DEMO_DIR, init_model_dir
+from minicpmv.model.minicpmv import MiniCPMV
+from minicpmv.processor.processor import Processor
+from minicpmv.train.cli import PretrainArgs, SFTArgs, load_recipe, parse_args
+
+SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json")
+
+
+@dataclass
+class DemoArgs:
+    """The demo pipeline (all sizes chosen for a 2-core CPU)."""
+
+    out_dir: str = "out/demo"  # run folder: data/, init/, stage1..3/, sft/, eval_*.json, timings.json
+    seed: int = 0  # data, initialisation and training seed
+    caption_per_family: int = 60  # pre-training captions per task family
+    sft_per_family: int = 200  # SFT samples per task family
+    long_share: float = 0.3  # share of SFT samples with a <think> trace
+    video_packing: int = 3  # frames per 32 visual tokens in the SFT videos (3D packing)
+    batch_size: int = 8
+    max_length: int = 512
+    stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of pre-training stages 1, 2, 3
+    pretrain_lr: float = 2e-3
+    sft_steps: int = 200
+    sft_lr: float = 1e-3
+    eval_per_family: int = 10  # held-out test samples per family and mode
+    ship: bool = False  # copy the final model (bfloat16) to minicpmv/assets/demo with SHA256SUMS
+
+
+def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
+    data = out / "data"
+    families = list(FAMILIES)
+    return {
+        "caption": write_split(data, families, "train", args.caption_per_family, seed=args.seed, form="caption"),
+        "sft": write_split(data, families, "train", args.sft_per_family, seed=args.seed, form="mixed",
+                           long_share=args.long_share, packing=args.video_packing),
+    }
+
+
+def run_stage(name: str, recipe: str, args, out: Path) -> Path:
+    """One recipe call; skipped when its exported model is already there. Returns the model folder."""
+    model_dir = Path(args.out_dir) / "model"
+    if (model_dir / "config.json").is_file():
+        print(f"[demo] {name}: done before ({model_dir})", file=sys.stderr)
+        return model_dir
+    began = time.perf_counter()
+    result = load_recipe(recipe).main(args)
+    result["wall_s"] = time.perf_counter() - began
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[demo] {name}: {result['steps']} steps in {result['wall_s']:.0f} s, loss {result['final_loss']:.3f}",
+          file=sys.stderr)
+    return model_dir
+
+
+def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
+    """init -> stage 1 (resampler) -> stage 2 (+ vision) -> stage 3 (all) -> SFT; the SFT model folder."""
+    init = out / "init"
+    if not (init / "config.json").is_file():
+        init_model_dir(init, corpus(200, args.seed), seed=args.seed)
+    common = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed, "parallel": "ddp",
+              "precision": "fp32", "plot": False, "warmup_steps": 3}
+    model = init
+    for stage, steps in enumerate(int(s) for s in args.stage_steps):
+        stage_args = PretrainArgs(model=str(model), data=[str(data["caption"])], stage=stage + 1, steps=steps,
+                                  lr=args.pretrain_lr, decay_steps=steps // 3, out_dir=str(out / f"stage{stage + 1}"),
+                                  **common)
+        model = run_stage(f"stage{stage + 1}", "pretrain", stage_args, out)
+    sft_args = SFTArgs(model=str(model), data=[str(data["sft"])], steps=args.sft_steps, lr=args.sft_lr,
+                       schedule="cosine", out_dir=str(out / "sft"), **common)
+    return run_stage("sft", "sft", sft_args, out)
+
+
+def run_eval(args: DemoArgs, model_dir: Path, out: Path, name: str) -> str:
+    model = MiniCPMV.from_pretrained(model_dir, dtype=torch.float32)
+    scores = evaluate(model, Processor.from_pretrained(model_dir), per_family=args.eval_per_family, seed=0)
+    (out / f"eval_{name}.json").write_text(json.dumps(as_json(scores), indent=2) + "\n")
+    table = markdown_table(scores)
+    (out / f"eval_{name}.md").write_text(table + "\n")
+    return table
+
+
+def ship(model_dir: Path, dest: Path = DEMO_DIR) -> Path:
+    """bfloat16 weights + tokenizer + configs in `dest`, and SHA256SUMS over them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    MiniCPMV.from_pretrained(model_dir, dtype=torch.bfloat16).save_pretrained(dest)
+    for name in ("tokenizer.json", "preprocessor_config.json"):
+        shutil.copy2(model_dir / name, dest / name)
+    sums = [f"{hashlib.sha256((dest / n).read_bytes()).hexdigest()}  {n}" for n in SHIPPED_FILES]
+    (dest / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return dest
+
+
+def main(args: DemoArgs) -> dict:
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
+    timings, began = {}, time.perf_counter()
+    data = build_data(args, out)
+    timings["data_s"] = time.perf_counter() - began
+    model_dir = train(args, out, data)
+    timings["train_s"] = time.perf_counter() - began - timings["data_s"]
+    print(run_eval(args, model_dir, out, "sft"), file=sys.stderr)
+    timings["total_s"] = time.perf_counter() - began
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    if args.ship:
+        print(f"[demo] shipped {ship(model_dir)}", file=sys.stderr)
+    return {"model": str(model_dir), **timings}
+
+
+if __name__ == "__main__":
+    main(parse_args(DemoArgs, sys.argv[1:], prog="recipes/demo.py"))
