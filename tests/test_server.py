@@ -432,6 +432,7 @@ def real_server():
     model, processor = load(reference_path("tiny_model"), device="cpu", dtype=torch.float32)
     service = ChatService(model, processor)
     with ServerThread(create_app(service, ServerConfig(max_prompt_tokens=2000))) as srv:
+        srv.query_num = model.config.query_num  # visual tokens per image slice or video group
         yield srv
     service.close(cancel_running=True, timeout=10)
 
@@ -453,7 +454,7 @@ def test_real_model_streaming_equals_non_streaming(real_server):
         assert (reasoning, content) == (msg.reasoning_content or "", msg.content), thinking
         assert usage.model_dump() == whole.usage.model_dump(), thinking
         assert whole.usage.completion_tokens == 4 and whole.choices[0].finish_reason == "length"
-        assert whole.usage.prompt_tokens_details.visual_tokens == 64
+        assert whole.usage.prompt_tokens_details.visual_tokens == real_server.query_num, "one unsliced image"
         assert thinking or msg.reasoning_content is None
 
 
@@ -463,7 +464,8 @@ def test_real_model_video_and_errors(real_server):
         model="x", max_tokens=3, temperature=0, extra_body={"fps": 2, "packing": 2},
         messages=user({"type": "video_url", "video_url": {"url": data_url(video_bytes(), "video/mp4")}},
                       text("What happens?")))
-    assert out.usage.prompt_tokens_details.visual_tokens == 2 * 64, "8 frames at 4 fps, sampled at 2 fps, packed by 2"
+    assert out.usage.prompt_tokens_details.visual_tokens == 2 * real_server.query_num, \
+        "8 frames at 4 fps, sampled at 2 fps and packed by 2: two groups"
     with httpx.Client(base_url=real_server.url) as http:
         r = http.post("/v1/chat/completions", json=good_body(messages=[{"role": "user", "content": "a <image> tag"}]))
         assert r.status_code == 400 and "<image>" in r.json()["error"]["message"]
