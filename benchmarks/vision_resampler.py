@@ -5,6 +5,8 @@ Workloads: one 1344x1344 image (overview + 3x3 slices = 10 slices of 32x32 patch
 same (48 slices), so it is timed once and shared; only the resampler differs.
 
 Efficiency = achieved vision-tower FLOP/s / plain matmul FLOP/s measured in the same run, same dtype.
+On CPU both rates are per busy second (process CPU time / threads), so other processes sharing the
+cores do not skew the ratio; the seconds columns are wall-clock.
 `--vit-layers` runs fewer ViT layers (the real width, FLOP/s unaffected) and extrapolates the time
 to 27 layers linearly, for slow machines. Usage:
 
@@ -39,22 +41,26 @@ def vit_flops(cfg, tokens_per_slice: list[int]) -> float:
     return total
 
 
-def matmul_flops_per_s(dtype: torch.dtype, device: str) -> float:
-    """Best of 3 for a [4096, 1152] @ [1152, 4304] matmul (the ViT's fc1 shape)."""
+def matmul_flops_per_busy_s(dtype: torch.dtype, device: str) -> float:
+    """Best of 3 for a [4096, 1152] @ [1152, 4304] matmul (the ViT's fc1 shape), per busy second."""
     a = torch.randn(4096, REAL.vision.hidden_size, dtype=dtype, device=device)
     b = torch.randn(REAL.vision.hidden_size, REAL.vision.intermediate_size, dtype=dtype, device=device)
-    best = min(_timed(lambda: a @ b, device) for _ in range(3))
+    best = min(_timed(lambda: a @ b, device)[2] for _ in range(3))
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
 
 
-def _timed(fn, device: str) -> float:
-    if device.startswith("cuda"):
+def _timed(fn, device: str):
+    """(result, wall seconds, busy seconds). Busy = this process's CPU seconds / threads on CPU (immune to
+    other processes competing for the cores), wall time on GPU."""
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return out, wall, wall if cuda else cpu / torch.get_num_threads()
 
 
 def workloads(names: list[str]) -> list[tuple[str, int, list[list[list[int]]], list[str]]]:
@@ -70,35 +76,33 @@ def workloads(names: list[str]) -> list[tuple[str, int, list[list[list[int]]], l
     return out
 
 
-def run(dtype: torch.dtype, vit_layers: int, names: list[str], device: str) -> list[str]:
+def run(dtype: torch.dtype, vit_layers: int, names: list[str], device: str):
+    """Yield one markdown row per (workload, grouping)."""
     vis_cfg = replace(REAL.vision, num_layers=vit_layers)
     vpm, resampler = SiglipVisionTower(vis_cfg), Resampler(REAL.resampler)
     for m in (vpm, resampler):
         m.to(device=device, dtype=dtype).eval()
         init_random_(m, seed=0)
     resampler.reset_pos_cache()
-    peak = matmul_flops_per_s(dtype, device)
+    peak = matmul_flops_per_busy_s(dtype, device)
     side = REAL.scale_resolution // REAL.patch_size  # 32 patches
-    rows = []
+    tiny = torch.tensor([[2, 2]])
     for label, n, groupings, group_labels in workloads(names):
         slices = [torch.rand(3, REAL.scale_resolution, REAL.scale_resolution, device=device) * 2 - 1 for _ in range(n)]
         tgt = torch.tensor([[side, side]] * n, dtype=torch.int32)
         with torch.no_grad():
-            tiny = torch.tensor([[2, 2]])
             resampler(vpm([slices[0][:, :28, :28]], tiny).hidden, tiny)  # warm-up on a 2x2-patch slice
-            # Time the ViT alone first, then each resampler grouping on its output.
-            t_vit = _timed(lambda: vit_in_chunks(vpm, slices, tgt, REAL.vision_batch_size), device)
-            feats = vit_in_chunks(vpm, slices, tgt, REAL.vision_batch_size)
-            achieved = vit_flops(vis_cfg, [side * side] * n) / t_vit
+            # The ViT alone first, then each resampler grouping on its output.
+            feats, t_vit, busy = _timed(lambda: vit_in_chunks(vpm, slices, tgt, REAL.vision_batch_size), device)
+            achieved = vit_flops(vis_cfg, [side * side] * n) / busy
             t_full = t_vit * REAL.vision.num_layers / vit_layers
             for groups, g_label in zip(groupings, group_labels):
-                t_res = _timed(lambda: resampler(feats, tgt, groups), device)
-                rows.append(
+                t_res = _timed(lambda: resampler(feats, tgt, groups), device)[1]
+                yield (
                     f"| {str(dtype).removeprefix('torch.')} | {label}, {g_label} | {n} | {len(groups)} | {vit_layers} "
                     f"| {t_vit:.2f} | {t_full:.1f} | {t_res:.2f} | {t_full + t_res:.1f} | {achieved / 1e9:.1f} "
                     f"| {peak / 1e9:.1f} | {achieved / peak:.2f} |"
                 )
-    return rows
 
 
 def main() -> None:
@@ -111,7 +115,7 @@ def main() -> None:
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(
         "| dtype | workload | slices | groups | ViT layers run | ViT s (run) | ViT s (27 layers) | resampler s "
-        "| total s (27 layers) | ViT GFLOP/s | matmul GFLOP/s | ViT / matmul |"
+        "| total s (27 layers) | ViT GFLOP/busy s | matmul GFLOP/busy s | ViT / matmul |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.dtypes.split(","):
