@@ -96,7 +96,7 @@ class Resampler(nn.Module):
         self.ln_kv = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.ln_post = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.proj = nn.Parameter(torch.empty(d, d))  # [in, out], used as x @ proj
-        # 1D sincos rows for positions 0..n-1 (width D/2); the 2D embedding of (r, c) is [row c, row r].
+        # 1D sincos table for positions 0..n-1 (width D/2); the 2D embedding of patch (r, c) is [table[c], table[r]].
         self.register_buffer("pos_embed_1d", torch.empty(0, d // 2), persistent=False)
         self.reset_pos_cache()
 
