@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -155,7 +156,9 @@ def load(
 def load_model_weights(path: str | Path, model: nn.Module) -> None:
     """Fill `model` (not distributed) with the model weights of a checkpoint, in one process."""
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=Path(path), no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it loads "in a single process": that is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=Path(path), no_dist=True)
     model.load_state_dict(state["model"])
 
 

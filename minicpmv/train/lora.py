@@ -15,6 +15,7 @@ base model and returns a plain model that `save_pretrained` writes in the offici
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,11 +53,11 @@ class LoraSettings:
 def apply_lora(model: MiniCPMV, settings: LoraSettings) -> MiniCPMV:
     """Inject LoRA adapters (in place); freeze the LLM except the adapters; the vision tower and the
     resampler keep their trainable flags (PEFT freezes everything else, so they are restored). Returns `model`."""
+    if not any(re.fullmatch(settings.targets, name) for name, _ in model.named_modules()):
+        raise ValueError(f"LoRA targets {settings.targets!r} matched no module of the model; the regex must match "
+                         "whole names such as llm.model.layers.0.self_attn.q_proj")
     flags = {name: p.requires_grad for name, p in model.named_parameters() if not name.startswith("llm.")}
     inject_adapter_in_model(settings.peft_config(), model, adapter_name=ADAPTER)
-    n_adapted = sum(isinstance(m, LoraLayer) for m in model.modules())
-    if n_adapted == 0:
-        raise ValueError(f"LoRA targets {settings.targets!r} matched no module of the model; check the regex")
     for name, p in model.named_parameters():
         p.requires_grad_(flags[name] if name in flags else ".lora_" in name)
     model.lora_settings = settings
