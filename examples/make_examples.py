@@ -1,6 +1,15 @@
 """Writes the example media used by the README (deterministic; re-run to regenerate).
 
     .venv/bin/python examples/make_examples.py
+
+They are drawn like the synthetic task families the embedded demo model was trained on
+(minicpmv.data.synthetic): 192 x 192 shapes on a light background, and a 128 x 128 clip of a shape
+crossing the frame in 6 frames at 5 fps.
+
+    shapes.png          a red circle, a blue square and a green triangle
+                        ("How many shapes are in the image?" -> 3; "What colour is the circle?" -> red)
+    moving_square.mp4   a red square moving from left to right
+                        ("In which direction does the red square move?" -> right)
 """
 
 from __future__ import annotations
@@ -11,30 +20,40 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from minicpmv.data.synthetic.draw import COLORS, draw_shape
+
 HERE = Path(__file__).resolve().parent
+BACKGROUND = (240, 236, 226)
 
 
 def shapes_image() -> Image.Image:
-    """Three coloured shapes on a light background, 640x480."""
-    img = Image.new("RGB", (640, 480), (245, 242, 235))
+    """Three shapes in three cells of a 3 x 3 grid, 192 x 192."""
+    img = Image.new("RGB", (192, 192), BACKGROUND)
     d = ImageDraw.Draw(img)
-    d.ellipse((60, 150, 220, 310), fill=(220, 40, 40))  # red circle
-    d.rectangle((260, 140, 400, 320), fill=(40, 90, 220))  # blue square-ish rectangle
-    d.polygon([(500, 140), (590, 320), (410, 320)], fill=(40, 170, 70))  # green triangle
+    draw_shape(d, "circle", (12, 14, 58, 60), COLORS["red"])
+    draw_shape(d, "square", (136, 72, 180, 116), COLORS["blue"])
+    draw_shape(d, "triangle", (70, 136, 118, 184), COLORS["green"])
     return img
 
 
-def moving_square_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(320, 240)) -> None:
-    """A red square moving from left to right over a grey background (H.264 mp4)."""
-    w, h = size
+def moving_square_frames(n: int = 6, side: int = 128, size: int = 28) -> list[np.ndarray]:
+    """A red square crossing from left to right, one step per frame."""
+    frames = []
+    for t in range(n):
+        img = Image.new("RGB", (side, side), BACKGROUND)
+        x = 4 + (side - size - 8) * t // (n - 1)
+        draw_shape(ImageDraw.Draw(img), "square", (x, 50, x + size, 50 + size), COLORS["red"])
+        frames.append(np.asarray(img))
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 5) -> None:
+    """H.264 mp4, yuv420p (what every player reads)."""
+    h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        n = int(seconds * fps)
-        for i in range(n):
-            frame = np.full((h, w, 3), 128, np.uint8)
-            x = int(10 + (w - 70) * i / max(n - 1, 1))
-            frame[h // 2 - 25 : h // 2 + 25, x : x + 50] = (220, 30, 30)
+        for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
@@ -43,5 +62,5 @@ def moving_square_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(3
 
 if __name__ == "__main__":
     shapes_image().save(HERE / "shapes.png", optimize=True)
-    moving_square_video(HERE / "moving_square.mp4")
+    write_video(HERE / "moving_square.mp4", moving_square_frames())
     print("wrote", HERE / "shapes.png", HERE / "moving_square.mp4")

@@ -62,7 +62,8 @@ def load(path_or_preset: str | Path | None = None, device: str | torch.device | 
          dtype: torch.dtype | None = None, *, tokenizer: str | Path | None = None):
     """(model, processor) from a checkpoint folder or a preset name, on the best device and dtype.
 
-    path_or_preset: a folder with config.json, model weights, tokenizer.json and
+    path_or_preset: None or "demo" for the embedded demo model (minicpmv/assets/demo, docs/demo-model.md),
+                    a folder with config.json, model weights, tokenizer.json and
                     preprocessor_config.json (the official layout), or a name in PRESETS (random
                     weights, for tests and benchmarks); a preset needs `tokenizer=` a folder holding
                     tokenizer.json (and preprocessor_config.json, else the official settings are used).
@@ -71,11 +72,8 @@ def load(path_or_preset: str | Path | None = None, device: str | torch.device | 
     from minicpmv.model.minicpmv import MiniCPMV
     from minicpmv.processor.processor import Processor
 
-    if path_or_preset is None:
-        raise InputError(
-            "no default model is bundled yet: pass a checkpoint folder (e.g. a download of openbmb/MiniCPM-V-4_5) "
-            f"or a preset name ({', '.join(sorted(PRESETS))}) with tokenizer=<folder>"
-        )
+    if path_or_preset is None or str(path_or_preset) == "demo":
+        path_or_preset = _demo_dir()
     device = torch.device(device) if device is not None else best_device()
     dtype = dtype or best_dtype(device)
     folder = Path(path_or_preset)
@@ -90,6 +88,16 @@ def load(path_or_preset: str | Path | None = None, device: str | torch.device | 
             "and preprocessor_config.json (the files of the official openbmb/MiniCPM-V-4_5 repository)"
         )
     return MiniCPMV.from_config(name, dtype=dtype, device=device), _processor(Path(tokenizer))
+
+
+def _demo_dir() -> Path:
+    """The embedded demo model's folder; InputError when this install lacks it."""
+    from minicpmv.demo import DEMO_DIR
+
+    if not (DEMO_DIR / "config.json").is_file():
+        raise InputError(f"the embedded demo model is missing from {DEMO_DIR} (a broken install?): reinstall the "
+                         "package, or pass a checkpoint folder such as a download of openbmb/MiniCPM-V-4_5")
+    return DEMO_DIR
 
 
 def _processor(folder: Path):

@@ -1,5 +1,5 @@
 """The embedded demo model, end to end: synthetic data -> tokenizer + random init -> pre-training stages
-1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> held-out evaluation -> (optionally) the
+1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out evaluation -> the
 shipped bfloat16 copy in minicpmv/assets/demo.
 
     .venv/bin/python recipes/demo.py --config configs/demo.toml            # or: bash runs/demo.sh
@@ -7,8 +7,8 @@ shipped bfloat16 copy in minicpmv/assets/demo.
 
 Every stage is a call of the shared recipes (recipes/pretrain.py, recipes/sft.py) with its own run
 folder under --out-dir (checkpoints, metrics.jsonl, the exported model); a finished stage is skipped
-when the pipeline is run again. GRPO (minicpmv/rl) is not run yet: its rollout module and recipe were
-not available when this model was trained, so the shipped model is the SFT model.
+when the pipeline is run again. The model after SFT and the model after GRPO are both evaluated
+(`eval_sft.md`, `eval_rl.md`); the last one is shipped.
 """
 
 from __future__ import annotations
@@ -49,18 +49,31 @@ class DemoArgs:
     pretrain_lr: float = 2e-3
     sft_steps: int = 200
     sft_lr: float = 1e-3
+    rl_steps: int = 10  # hybrid GRPO steps after SFT (0 = ship the SFT model)
+    rl_prompts: int = 200  # arithmetic prompts for GRPO
+    rl_prompts_per_step: int = 8
+    rl_group_size: int = 4
+    rl_lr: float = 1e-5
+    rl_max_new_tokens: int = 64
     eval_per_family: int = 10  # held-out test samples per family and mode
     ship: bool = False  # copy the final model (bfloat16) to minicpmv/assets/demo with SHA256SUMS
 
 
 def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
-    data = out / "data"
-    families = list(FAMILIES)
-    return {
-        "caption": write_split(data, families, "train", args.caption_per_family, seed=args.seed, form="caption"),
-        "sft": write_split(data, families, "train", args.sft_per_family, seed=args.seed, form="mixed",
-                           long_share=args.long_share, packing=args.video_packing),
+    """The training files (kept when already written: the splits are deterministic)."""
+    data, families = out / "data", list(FAMILIES)
+    plans = {
+        "caption": (families, args.caption_per_family, args.seed, {"form": "caption"}),
+        "sft": (families, args.sft_per_family, args.seed,
+                {"form": "mixed", "long_share": args.long_share, "packing": args.video_packing}),
+        # GRPO prompts: fresh arithmetic samples (a different seed), the answer is the reference
+        "rl": (["arith"], args.rl_prompts, args.seed + 1000, {"form": "short"}),
     }
+    files = {}
+    for name, (fams, n, seed, options) in plans.items():
+        done = data / f"train_{options['form']}_p{options.get('packing', 3)}_s{seed}.jsonl"
+        files[name] = done if done.is_file() else write_split(data, fams, "train", n, seed=seed, **options)
+    return files
 
 
 def run_stage(name: str, recipe: str, args, out: Path) -> Path:
@@ -73,8 +86,7 @@ def run_stage(name: str, recipe: str, args, out: Path) -> Path:
     result = load_recipe(recipe).main(args)
     result["wall_s"] = time.perf_counter() - began
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[demo] {name}: {result['steps']} steps in {result['wall_s']:.0f} s, loss {result['final_loss']:.3f}",
-          file=sys.stderr)
+    print(f"[demo] {name}: {result['steps']} steps in {result['wall_s']:.0f} s", file=sys.stderr)
     return model_dir
 
 
@@ -94,6 +106,16 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
     sft_args = SFTArgs(model=str(model), data=[str(data["sft"])], steps=args.sft_steps, lr=args.sft_lr,
                        schedule="cosine", out_dir=str(out / "sft"), **common)
     return run_stage("sft", "sft", sft_args, out)
+
+
+def reinforce(args: DemoArgs, out: Path, data: dict[str, Path], sft_dir: Path) -> Path:
+    """Hybrid short/long GRPO on arithmetic prompts (recipes/rl.py); the RL model folder."""
+    from minicpmv.rl.cli import RLArgs
+
+    rl_args = RLArgs(model=str(sft_dir), data=[str(data["rl"])], prompts_per_step=args.rl_prompts_per_step,
+                     group_size=args.rl_group_size, max_new_tokens=args.rl_max_new_tokens, steps=args.rl_steps,
+                     lr=args.rl_lr, seed=args.seed, out_dir=str(out / "rl"), plot=False, eval_every=0)
+    return run_stage("rl", "rl", rl_args, out)
 
 
 def run_eval(args: DemoArgs, model_dir: Path, out: Path, name: str) -> str:
@@ -126,6 +148,11 @@ def main(args: DemoArgs) -> dict:
     model_dir = train(args, out, data)
     timings["train_s"] = time.perf_counter() - began - timings["data_s"]
     print(run_eval(args, model_dir, out, "sft"), file=sys.stderr)
+    if args.rl_steps:
+        at = time.perf_counter()
+        model_dir = reinforce(args, out, data, model_dir)
+        timings["rl_s"] = time.perf_counter() - at
+        print(run_eval(args, model_dir, out, "rl"), file=sys.stderr)
     timings["total_s"] = time.perf_counter() - began
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if args.ship:

@@ -86,7 +86,8 @@ def write_split(out_dir: str | Path, families: Sequence[str], split: str, per_fa
     media = out_dir / f"{name}_media"
     media.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.jsonl"
-    with open(path, "w") as f:
+    partial = path.with_suffix(".jsonl.partial")  # renamed when complete: an existing .jsonl is whole
+    with open(partial, "w") as f:
         for sample in iter_split(families, split, per_family, seed):
             if "video" in sample and packing != 3:
                 sample = regroup(sample, packing)
@@ -97,6 +98,7 @@ def write_split(out_dir: str | Path, families: Sequence[str], split: str, per_fa
                 sample = with_mode(sample, "long" if form == "mixed" and pick < long_share else "short")
             record = save_record(sample, media, f"{sample['family']}_{sample['index']:06d}")
             f.write(json.dumps(record) + "\n")
+    partial.replace(path)
     return path
 
 
