@@ -4,15 +4,16 @@ and a small set is overfitted. Optimiser and schedule pieces are checked on thei
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
 
-from conftest import reference_path
+from conftest import ROOT, reference_path
 from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.train import checkpoint
-from minicpmv.train.cli import PretrainArgs, SFTArgs, load_recipe, parse_args
+from minicpmv.train.cli import PretrainArgs, SFTArgs, load_config_file, load_recipe, parse_args, register
 from minicpmv.train.loop import read_metrics
 from minicpmv.train.optim import Schedule, decay_mix, param_groups, set_trainable
 from train_fixtures import one_thread, small_image_model, write_dataset
@@ -71,6 +72,21 @@ def test_pretrain_stage_trains_exactly_its_modules(tmp_path, base, initial, stag
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and all(r["tokens"] > 0 for r in rows)
     assert result["skipped"] == {} and result["steps"] == 5
+
+
+def test_train_cli_runs_pretrain_from_a_toml_file_with_decay_data(tmp_path, base, data):
+    config = tmp_path / "run.toml"
+    config.write_text(f'model = "{base["model"]}"\ndata = ["{data}"]\nmax_slice_nums = 1\nbatch_size = 2\n'
+                      f'steps = 4\ndecay_steps = 2\nplot = false\nexport = false\nout_dir = "{tmp_path / "run"}"\n')
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    ns = parser.parse_args(["train", "pretrain", "--config", str(config), "--stage", "2", "--decay-data", data,
+                            "--decay-mix", "0.5"])
+    assert ns.func(ns) == 0
+    rows = read_metrics(tmp_path / "run")
+    assert [r["decay_share"] for r in rows] == [0.0, 0.0, 0.0, 0.25]  # wsd: decay over the last 2 steps
+    saved = json.loads((checkpoint.latest(tmp_path / "run") / "train_config.json").read_text())
+    assert (saved["recipe"], saved["stage"], saved["steps"]) == ("PretrainArgs", 2, 4)
 
 
 def test_sft_full_run_writes_checkpoint_export_plot_and_summary(tmp_path, base, initial, capsys):
@@ -151,3 +167,12 @@ def test_args_come_from_a_config_file_with_flags_overriding(tmp_path):
     config.write_text("stepz = 3\n")
     with pytest.raises(ValueError, match="stepz"):
         parse_args(SFTArgs, ["--config", str(config)])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("pretrain_*.toml")) + sorted((ROOT / "configs").glob("sft_*.toml")))
+def test_example_configs_parse_and_say_how_to_launch_them(path):
+    cls = PretrainArgs if path.name.startswith("pretrain_") else SFTArgs
+    args = cls(**load_config_file(path, cls))
+    assert args.data and (args.model or args.processor)
+    header = path.read_text().split("\n\n")[0]
+    assert f"--config configs/{path.name}" in header
