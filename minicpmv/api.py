@@ -95,8 +95,8 @@ def _demo_dir() -> Path:
     from minicpmv.demo import DEMO_DIR
 
     if not (DEMO_DIR / "config.json").is_file():
-        raise InputError(f"no default model: the embedded demo model is missing from {DEMO_DIR} (a broken install?): reinstall the "
-                         "package, or pass a checkpoint folder such as a download of openbmb/MiniCPM-V-4_5")
+        raise InputError(f"no default model: the embedded demo model is missing from {DEMO_DIR} (a broken install?); "
+                         "reinstall the package, or pass a checkpoint folder such as a download of openbmb/MiniCPM-V-4_5")
     return DEMO_DIR
 
 
