@@ -1,7 +1,7 @@
 """Generation speed on CPU: time to first token and decode tokens/s at batch 1, 4 and 16.
 
     .venv/bin/python benchmarks/generation.py [--presets tiny,0.5b] [--dtypes float32,bfloat16]
-        [--batches 1,4,16] [--prompt-tokens 64] [--new-tokens 32] [--threads N]
+        [--batches 1,4,16] [--prompt-tokens 32] [--new-tokens 16] [--no-cache-tokens 8] [--threads N]
 
 Random weights. `tiny` = PRESETS['tiny'] (the sizes of the reference tiny model: LLM 2 x 32 wide,
 full 151,748-token vocabulary). `0.5b` = a Qwen3-style LLM of 20 layers x 896 (14 query heads and
@@ -12,7 +12,8 @@ Each batch is B different random prompts of `prompt-tokens` tokens, greedy, exac
 new tokens (stop ids banned with min_new_tokens). TTFT = the first `Engine.step()` (prefill of the
 whole batch + the first token of every row); decode tok/s = B * (new - 1) / time of the other
 steps. Ratios are measured in the same run: batch B vs batch 1 throughput, and at batch 1 the
-engine vs a loop without KV cache that recomputes the whole sequence for every token.
+engine vs a loop without KV cache that recomputes the whole sequence for every token (timed over
+`no-cache-tokens` tokens, its cost grows with the sequence).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_no_cache(model, prompt_len: int, new: int) -> float:
     return new / (time.perf_counter() - start)
 
 
-def bench(preset: str, dtype: torch.dtype, batches: list[int], prompt_len: int, new: int) -> list[str]:
+def bench(preset: str, dtype: torch.dtype, batches: list[int], prompt_len: int, new: int, plain_new: int) -> list[str]:
     model = MiniCPMV.from_config(CONFIGS[preset](), dtype=dtype)
     tok = SyntheticTokenizer(model.config.llm.vocab_size)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
@@ -90,7 +91,7 @@ def bench(preset: str, dtype: torch.dtype, batches: list[int], prompt_len: int, 
         base = base or tps
         extra = "| | "
         if b == 1:
-            plain = run_no_cache(model, prompt_len, new)
+            plain = run_no_cache(model, prompt_len, plain_new)
             extra = f"| {plain:.1f} | {tps / plain:.2f}x "
         name = str(dtype).removeprefix("torch.")
         rows.append(f"| {preset} ({params_m:.0f}M) | {name} | {b} | {ttft * 1000:.0f} | {tps:.1f} | {tps / base:.2f}x {extra}|")
@@ -103,8 +104,9 @@ def main() -> None:
     ap.add_argument("--presets", default="tiny,0.5b")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--batches", default="1,4,16")
-    ap.add_argument("--prompt-tokens", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--no-cache-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -116,7 +118,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     for preset in args.presets.split(","):
         for dtype in args.dtypes.split(","):
-            bench(preset, getattr(torch, dtype), batches, args.prompt_tokens, args.new_tokens)
+            bench(preset, getattr(torch, dtype), batches, args.prompt_tokens, args.new_tokens, args.no_cache_tokens)
 
 
 if __name__ == "__main__":
