@@ -155,7 +155,11 @@ def _field_comments(cls: type) -> dict[str, str]:
     """The `# comment` after each field in the class source (used as the flag's help)."""
     comments: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):
-        for m in re.finditer(r"^\s+(\w+): [^=\n]+=.*?#\s*(.+)$", inspect.getsource(klass), re.M):
+        try:
+            source = inspect.getsource(klass)
+        except OSError:  # installed without sources: flags simply have no help text
+            continue
+        for m in re.finditer(r"^\s+(\w+): [^=\n]+=.*?#\s*(.+)$", source, re.M):
             comments[m.group(1)] = m.group(2)
     return comments
 
