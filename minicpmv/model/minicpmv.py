@@ -74,6 +74,12 @@ class MiniCPMV(nn.Module):
         """Write `config.json` and the weights under their official names (sharded above max_shard_size)."""
         weights.save_checkpoint(self, path, max_shard_size)
 
+    def chat(self, *args, **kwargs):
+        """The official `chat()` API (see `minicpmv.chat.chat`), so code written for the official model runs."""
+        from minicpmv.chat import chat
+
+        return chat(self, *args, **kwargs)
+
     def reset_buffers(self) -> None:
         """Recompute the non-persistent buffers (they are not in checkpoints): the resampler's sincos cache."""
         self.resampler.reset_pos_cache()
