@@ -13,7 +13,7 @@ from minicpmv.data.packing import block_causal_mask, pack, pad, plan_rows
 from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import IGNORE_INDEX, Processor
 from minicpmv.train.loop import TokenLoss
-from train_fixtures import write_dataset
+from train_fixtures import one_thread, small_image_model, write_dataset
 
 
 def test_plan_rows_worked_example():
@@ -36,9 +36,10 @@ def test_block_causal_mask_keeps_attention_inside_each_sample():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    path = reference_path("tiny_model")
-    return MiniCPMV.from_pretrained(path).train(), Processor.from_pretrained(path)
+def tiny(tmp_path_factory):
+    path = small_image_model(reference_path("tiny_model"), tmp_path_factory.mktemp("tiny"))
+    with one_thread():
+        yield MiniCPMV.from_pretrained(path).train(), Processor.from_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,12 @@ def test_token_loss_equals_the_model_mean_loss(tiny, samples):
         reference = model(**batch).loss
     assert count.item() == batch.num_targets
     assert abs(loss_sum.item() / count.item() - reference.item()) <= 1e-5
+
+
+def test_a_text_only_batch_keeps_every_vision_parameter_in_the_graph(tiny, samples):
+    """DDP/FSDP need every trainable parameter used in every step (the reference runs a dummy image)."""
+    model, processor = tiny
+    text_only = [s for s in samples if not s.pixel_values]
+    _, grads = _loss_and_grads(model, pad(text_only, processor.tokenizer.pad_id))
+    assert set(grads) == {n for n, _ in model.named_parameters()}
+    assert all(float(grads[n].abs().sum()) == 0.0 for n in grads if n.startswith(("vpm.", "resampler.")))
