@@ -29,6 +29,17 @@ SUBCOMMANDS: list[str] = [
     "minicpmv.cli:add_info_command",
 ]
 
+# Command groups whose modules import torch while registering: each group's modules are imported only
+# when that group is the command being run, so `minicpmv --help` and `minicpmv chat` stay fast.
+GROUPS: dict[str, tuple[str, list[str]]] = {
+    "train": ("pre-train, fine-tune (LoRA), RL (GRPO) and DPO; export and merge checkpoints",
+              ["minicpmv.train.cli:register", "minicpmv.rl.cli:register"]),
+    "data": ("build training data: corrupted document pages, RLAIF-V preference pairs",
+             ["minicpmv.data.documents.cli:register", "minicpmv.rl.cli:register"]),
+    "eval": ("evaluate a model: synthetic task suite, document recovery",
+             ["minicpmv.data.synthetic.cli:register", "minicpmv.data.documents.cli:register"]),
+}
+
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 REPL_HELP = """commands:
   /image PATH     attach an image to your next message      /video PATH   attach a video
@@ -415,17 +426,28 @@ def run_info(args: argparse.Namespace) -> int:
 
 # ---- entry point ----
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minicpmv", description="MiniCPM-V 4.5: chat, serve, inspect.")
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for `command` (a GROUPS name loads that group's modules); others get a stub entry."""
+    parser = argparse.ArgumentParser(prog="minicpmv", description="MiniCPM-V 4.5: chat, serve, inspect, train, evaluate.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for entry in SUBCOMMANDS:
-        module, _, name = entry.partition(":")
-        getattr(importlib.import_module(module), name)(sub)
+        _call(entry, sub)
+    for entry in GROUPS[command][1] if command in GROUPS else []:
+        _call(entry, sub)  # may add other groups too; they are complete then
+    for group, (help_text, _) in GROUPS.items():
+        if group not in sub.choices:
+            sub.add_parser(group, help=help_text, add_help=False)
     return parser
 
 
+def _call(entry: str, sub: argparse._SubParsersAction) -> None:
+    module, _, name = entry.partition(":")
+    getattr(importlib.import_module(module), name)(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -3,6 +3,7 @@ end."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import re
 import subprocess
@@ -188,3 +189,13 @@ def test_real_chat_and_info(real_loader, image, tmp_path, monkeypatch, capsys):
     assert int(rows["parameters"].replace(",", "")) > 0 and rows["dtype"].strip() in ("float32", "bfloat16")
     assert re.search(r"video \S+ +\d+ visual tokens", out) and "all together" in out
 
+
+
+@pytest.mark.parametrize("group", sorted(cli.GROUPS))
+def test_every_command_group_builds_its_subcommands(group):
+    """Each lazily imported group (train / data / eval) registers its modules without clashing."""
+    parser = cli.build_parser(group)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    group_parser = sub.choices[group]
+    inner = [a for a in group_parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert inner and len(inner[0].choices) >= 2, f"{group} has no subcommands"
