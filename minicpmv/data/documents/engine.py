@@ -8,8 +8,9 @@ output is byte-identical for a seed whatever the number of workers. Every page's
 from (seed, page key), never from the order pages are processed in.
 
 Resumable: a page whose records (or skip) are already in `<out>` / `<out>.skips.jsonl` is not done
-again, and a half-written last line (an interrupted run) is cut off first. The settings are kept in
-`<out>.engine.json`; resuming with different ones is an error (use another --out).
+again, and the records of a page left half-written by an interrupted run are removed first (the
+page is made again). More PDFs or synthetic pages can be added to an output later. The settings are
+kept in `<out>.engine.json`; resuming with different ones is an error (use another --out).
 
 Nothing a PDF can contain stops the run: encrypted, corrupt, image-only, rotated or huge documents
 and pages are skipped and counted by reason (`sources.SKIP_REASONS`); `<out>.summary.json` holds the
@@ -30,8 +31,8 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from minicpmv.data.documents.samples import SampleConfig, make_sample
-from minicpmv.data.documents.sources import PdfOptions, Skip, count_pdf_pages, open_pdf, pdf_page
+from minicpmv.data.documents.samples import DocSample, SampleConfig, make_sample
+from minicpmv.data.documents.sources import Page, PdfOptions, Skip, count_pdf_pages, open_pdf, pdf_page
 from minicpmv.data.documents.synthetic import SyntheticConfig, synthetic_page
 from minicpmv.errors import InputError
 
@@ -61,9 +62,10 @@ class EngineConfig:
                              f"synthetic {self.synthetic} >= 0")
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that decide the output (not where it goes, how many workers, or the bar)."""
+        """The settings that decide each page's samples: not the inputs (more PDFs or synthetic pages may
+        be added to an output later), where it goes, how many workers, or the progress bar."""
         d = asdict(self)
-        for k in ("out", "workers", "progress"):
+        for k in ("out", "pdfs", "synthetic", "workers", "progress"):
             d.pop(k)
         return json.loads(json.dumps(d))
 
@@ -111,7 +113,8 @@ def find_pdfs(paths: Sequence[str]) -> list[Path]:
 
 
 def plan(config: EngineConfig) -> tuple[list[Unit], list[UnitResult]]:
-    """All pages to process, plus documents skipped as a whole (unopenable, too large)."""
+    """All pages to process, plus what is skipped without opening a page: whole documents (unopenable,
+    too large; page -1) and pages past `max_pages`."""
     units: list[Unit] = []
     skipped: list[UnitResult] = []
     for path in find_pdfs(config.pdfs):
@@ -120,7 +123,9 @@ def plan(config: EngineConfig) -> tuple[list[Unit], list[UnitResult]]:
         except Skip as e:
             skipped.append(UnitResult(Unit(str(path), -1).key, skip=(e.reason, str(e))))
             continue
-        units += [Unit(str(path), i) for i in range(n)]
+        units += [Unit(str(path), i) for i in range(min(n, config.pdf.max_pages))]
+        message = f"{path}: page past max_pages {config.pdf.max_pages} of {n}"
+        skipped += [UnitResult(Unit(str(path), i).key, skip=("page_limit", message)) for i in range(config.pdf.max_pages, n)]
     units += [Unit(SYNTHETIC, i) for i in range(config.synthetic)]
     return units, skipped
 
@@ -133,11 +138,15 @@ def _page(unit: Unit, config: EngineConfig):
     if unit.source == SYNTHETIC:
         return synthetic_page(unit.seed(config.seed), config.synthetic_config, index=unit.page)
     if unit.source not in _open_doc:
-        for doc in _open_doc.values():
-            doc.close()
-        _open_doc.clear()
+        _close_documents()
         _open_doc[unit.source] = open_pdf(unit.source, config.pdf)
     return pdf_page(_open_doc[unit.source], unit.page, unit.source, config.pdf)
+
+
+def _close_documents() -> None:
+    for doc in _open_doc.values():
+        doc.close()
+    _open_doc.clear()
 
 
 def process_unit(unit: Unit, config: EngineConfig, image_dir: str) -> UnitResult:
@@ -148,10 +157,8 @@ def process_unit(unit: Unit, config: EngineConfig, image_dir: str) -> UnitResult
         counts = {"line": len(page.of_kind("line")), "block": len(page.of_kind("block"))}
         for copy in range(config.samples_per_page):
             sample = make_sample(page, [*unit.seed(config.seed), copy], config.sample)
-            sample_id = unit.sample_id(copy)
-            name = f"{sample_id}.{config.image_format}"
-            _save(sample.image, Path(image_dir) / name, config)
-            record = sample.record(sample_id, f"{Path(image_dir).name}/{name}", page)
+            record = save_sample(sample, unit.sample_id(copy), page, image_dir, config.image_format,
+                                 config.png_compress_level)
             record["document"].update(unit=unit.key, regions_on_page=counts)
             result.records.append(record)
     except Skip as e:
@@ -162,12 +169,17 @@ def process_unit(unit: Unit, config: EngineConfig, image_dir: str) -> UnitResult
     return result
 
 
-def _save(pixels, path: Path, config: EngineConfig) -> None:
-    image = Image.fromarray(pixels)
-    if config.image_format == "png":
-        image.save(path, format="PNG", compress_level=config.png_compress_level)
+def save_sample(sample: DocSample, sample_id: str, page: Page, image_dir: str | Path, image_format: str = "png",
+                png_compress_level: int = 1) -> dict[str, Any]:
+    """Write the sample's image to `image_dir`/<id>.<format>; its record, with the image path relative
+    to the folder holding `image_dir` (where the JSONL goes)."""
+    name = f"{sample_id}.{image_format}"
+    image = Image.fromarray(sample.image)
+    if image_format == "png":
+        image.save(Path(image_dir) / name, format="PNG", compress_level=png_compress_level)
     else:
-        image.save(path, format="JPEG", quality=95)
+        image.save(Path(image_dir) / name, format="JPEG", quality=95)
+    return sample.record(sample_id, f"{Path(image_dir).name}/{name}", page)
 
 
 def _work(job: tuple[Unit, EngineConfig, str]) -> UnitResult:
@@ -189,11 +201,11 @@ def run(config: EngineConfig) -> "Summary":
     _check_settings(paths, config)
     paths["images"].mkdir(parents=True, exist_ok=True)
     done = {r["document"]["unit"] for r in _read_jsonl(paths["jsonl"])} | {s["unit"] for s in _read_jsonl(paths["skips"])}
-    units, doc_skips = plan(config)
+    units, planned_skips = plan(config)
     todo = [u for u in units if u.key not in done]
     jobs = ((u, config, str(paths["images"])) for u in todo)
     with open(paths["jsonl"], "a") as out, open(paths["skips"], "a") as skips:
-        for r in doc_skips:
+        for r in planned_skips:
             if r.key not in done:
                 skips.write(json.dumps({"unit": r.key, "reason": r.skip[0], "message": r.skip[1]}) + "\n")
         bar = tqdm(total=len(todo), desc="pages", unit="page", file=sys.stderr, disable=not config.progress or None)
@@ -214,7 +226,10 @@ def _results(jobs: Iterator[tuple[Unit, EngineConfig, str]], workers: int) -> It
     """Results in job order; `workers` > 1 runs them in worker processes (forked where the OS can, so
     they need no importable __main__). Each worker opens its own PDFs: pdfium is not thread-safe."""
     if workers == 1:
-        yield from map(_work, jobs)
+        try:
+            yield from map(_work, jobs)
+        finally:
+            _close_documents()
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with multiprocessing.get_context(method).Pool(workers) as pool:
@@ -230,6 +245,7 @@ def _check_settings(paths: dict[str, Path], config: EngineConfig) -> None:
                              "same settings, or write to another --out")
         for key in ("jsonl", "skips"):
             _cut_torn_line(paths[key])
+        _drop_incomplete_pages(paths["jsonl"], config.samples_per_page)
     else:
         paths["jsonl"].parent.mkdir(parents=True, exist_ok=True)
         for key in ("jsonl", "skips"):
@@ -244,6 +260,19 @@ def _cut_torn_line(path: Path) -> None:
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
             path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _drop_incomplete_pages(path: Path, samples_per_page: int) -> None:
+    """Remove the records of a page that has fewer than `samples_per_page` of them (a run stopped
+    while writing it), so the page is made again from scratch."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    units = [json.loads(line)["document"]["unit"] for line in lines]
+    counts = Counter(units)
+    kept = [line for line, unit in zip(lines, units) if counts[unit] == samples_per_page]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

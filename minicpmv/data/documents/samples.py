@@ -111,14 +111,24 @@ def make_sample(page: Page, seed: int | Sequence[int], config: SampleConfig = Sa
                                   f"{config.max_chars} characters among {len(page.regions)} regions")
     most = min(config.k[1], max(1, len(candidates) - 1))  # keep one region unmasked as context when possible
     k = int(rng.integers(min(config.k[0], most), most + 1))
-    chosen = sorted(pick_disjoint(candidates, k, rng, config.corruption.pad, page.image.size), key=lambda r: r.order)
+    chosen = pick_disjoint(candidates, k, rng, config.corruption.pad, page.image.size)
     levels = [str(v) for v in rng.choice(LEVELS, size=len(chosen), p=config.level_probs)]
-    targets = [Target(r.box, level, r.line_height) for r, level in zip(chosen, levels)]
-    image, ops = corrupt_regions(np.asarray(page.image), targets, [*seq, 1], config.corruption)
-    boxes = [box_to_1000(r.box, page.image.width, page.image.height) for r in chosen]
+    return region_sample(page, chosen, levels, [*seq, 1], config)
+
+
+def region_sample(page: Page, regions: Sequence[Region], levels: Sequence[str], seed: int | Sequence[int],
+                  config: SampleConfig = SampleConfig()) -> DocSample:
+    """The region-addressed sample for chosen targets and levels (targets are listed in reading order).
+    `make_sample` draws both; a held-out probe can fix them, e.g. one region at each level in turn."""
+    if len(regions) != len(levels) or not regions:
+        raise InputError(f"region_sample needs one level per region, got {len(regions)} regions, {len(levels)} levels")
+    pairs = sorted(zip(regions, levels), key=lambda p: (p[0].kind, p[0].order))
+    targets = [Target(r.box, level, r.line_height) for r, level in pairs]
+    image, ops = corrupt_regions(np.asarray(page.image), targets, seed, config.corruption)
+    boxes = [box_to_1000(r.box, page.image.width, page.image.height) for r, _ in pairs]
     meta = [{"level": level, "kind": r.kind, "order": r.order, "box": list(r.box), "box_1000": list(b), "text": r.text,
-             "ops": [list(o) for o in op]} for r, level, b, op in zip(chosen, levels, boxes, ops)]
-    return DocSample(image, region_prompt(boxes, config.region_prompt), numbered_answer([r.text for r in chosen]),
+             "ops": [list(o) for o in op]} for (r, level), b, op in zip(pairs, boxes, ops)]
+    return DocSample(image, region_prompt(boxes, config.region_prompt), numbered_answer([r.text for r, _ in pairs]),
                      "regions", meta)
 
 

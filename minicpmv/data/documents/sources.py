@@ -30,7 +30,7 @@ SKIP_REASONS = (
     "encrypted",  # the PDF needs a password
     "corrupt",  # the file is not a readable PDF, or a page fails to load or render
     "too_large",  # the file is over the size limit (`PdfOptions.max_file_mb`)
-    "page_limit",  # the page is past `PdfOptions.max_pages` of its document
+    "page_limit",  # the page is past `PdfOptions.max_pages` of its document (the engine does not open it)
     "page_too_large",  # the rendered page would be over `PdfOptions.max_page_pixels`
     "rotated",  # the page has a /Rotate entry (boxes and image would disagree)
     "no_text",  # no text layer on the page (scanned or image-only)
@@ -260,14 +260,12 @@ def pdf_page(doc, index: int, source: str, options: PdfOptions = PdfOptions()) -
     import pypdfium2 as pdfium
 
     where = f"{source} page {index + 1}"
-    if index >= options.max_pages:
-        raise Skip("page_limit", f"{where}: past max_pages {options.max_pages}")
     try:
         page = doc[index]
         if page.get_rotation() % 360:
             raise Skip("rotated", f"{where}: /Rotate {page.get_rotation()}")
         scale = options.dpi / 72.0
-        left, bottom, right, top = page.get_cropbox()
+        left, bottom, right, top = page.get_bbox()  # the crop box (media box when none): what render() draws
         width, height = round((right - left) * scale), round((top - bottom) * scale)
         if width * height > options.max_page_pixels:
             raise Skip("page_too_large", f"{where}: {width}x{height} px at {options.dpi} dpi > {options.max_page_pixels}")

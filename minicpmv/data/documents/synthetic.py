@@ -102,8 +102,10 @@ class _Canvas:
 
     def fill_column(self, x: int, width: int) -> None:
         y, bottom = self.cfg.margin, self.cfg.height - self.cfg.margin
+        kind = ""
         while True:
-            kind = self.rng.choice(["heading", "table", "figure", "paragraph"], p=self._mix())
+            kind = "paragraph" if kind == "heading" else self.rng.choice(["heading", "table", "figure", "paragraph"],
+                                                                       p=self._mix())  # a heading heads a paragraph
             height = {"heading": self._heading, "table": self._table, "figure": self._figure,
                       "paragraph": self._paragraph}[kind](x, y, width, bottom - y)
             if height is None:
@@ -234,7 +236,7 @@ def wrap(words: Sequence[str], length, width: float, rng: np.random.Generator, h
     A word of 7+ letters that does not fit is split, with probability `hyphenate_prob`, after as
     many letters (3 or more) as fit with a hyphen; the line then ends in a soft hyphen (U+00AD),
     drawn as "-" and removed when the block text is joined (`sources.join_lines`). Words wider than
-    a line are cut to fit. Example (12 characters wide): "a simple example" -> ["a simple ex\xad", "ample"].
+    a line are cut to fit. Example (14 characters wide): "a simple example" -> ["a simple exam\\xad", "ple"].
     """
     lines, current = [], ""
     for word in words:
