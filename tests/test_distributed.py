@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, reference_path
@@ -33,6 +34,7 @@ distributed.cleanup(env)
 """
 
 
+@pytest.mark.slow
 def test_two_process_ddp_and_fsdp_match_one_process(tmp_path):
     model = small_image_model(reference_path("tiny_model"), tmp_path / "model")
     data = write_dataset(tmp_path / "data", ["image", "text", "video", "text", "image", "text", "image", "text"])

@@ -46,6 +46,7 @@ def _kill_after_first_checkpoint(proc: subprocess.Popen, out_dir: Path, timeout_
     return int(pointer.read_text().strip().removeprefix("step-"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_the_uninterrupted_run_bitwise(tmp_path):
     model = small_image_model(reference_path("tiny_model"), tmp_path / "model")
     data = write_dataset(tmp_path / "data", ["image", "text", "video", "text", "image", "image", "text"])

@@ -121,6 +121,7 @@ def test_sft_lora_trains_adapters_and_resampler_only(tmp_path, base, initial):
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_overfits_eight_samples(tmp_path, tiny_dir):
     """8 distinct conversations (4 with an image) are learned: the loss falls below 10% of its start."""
     path = write_dataset(tmp_path / "data", ["text", "image"] * 4)
