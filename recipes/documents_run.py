@@ -22,7 +22,16 @@ behave as the paper describes? Low should fall fastest, high should stay highest
    docs/figures/document_levels.png).
 
 Expected: low drops first and lowest (the text is readable); moderate later and less; high can
-only drop to what the page's topic tells (the other lines show it) and stays highest.
+only drop to what the heading tells (6 of 36 words) and stays highest.
+
+Observed so far (seed 0, 2-core CPU, demo size from scratch, docs/figures/document_levels.png): the
+three levels are indistinguishable. Within ~20 steps the visual tokens collapse to the same vector
+for every page (`visual_spread` falls from ~3e-2 to ~5e-5: the resampler learns a constant "soft
+prompt" while the LLM learns the text prior) and the loss settles at the 36-word prior; lower LR
+(3e-4), a frozen LLM for the first 150 steps, larger words, and starting from the demo pipeline's
+stage-3 checkpoint (whose visual tokens are already constant and whose ViT gets zero gradient) all
+collapsed the same way. So this run does not (yet) show the paper's ordering; it needs a model
+whose vision path survives training (a pre-trained ViT/LLM, or a GPU-sized run).
 """
 
 from __future__ import annotations
@@ -133,12 +142,24 @@ def corpus(paths: dict[str, Path]) -> list[str]:
             for turn in json.loads(line)["conversations"]]
 
 
+def encode_probes(path: Path, processor: Processor, max_slice_nums: int) -> dict[str, list]:
+    """Level -> encoded probes (the file lists each page's probe at low, moderate, high in turn)."""
+    probe_set = SFTDataset([path], processor, 1024, max_slice_nums, strict=True)
+    return {level: [probe_set.encode(i) for i in range(k, len(probe_set), len(LEVELS))] for k, level in enumerate(LEVELS)}
+
+
 # ---- 3. per-level probe loss ---------------------------------------------------------------------------
 @torch.no_grad()
 def probe_losses(token_loss: loop.TokenLoss, probes: dict[str, list], pad_id: int, device) -> dict[str, float]:
-    """Mean summed answer loss (nats per region) of each level's probes."""
+    """Mean summed answer loss (nats per region) of each level's probes, and `visual_spread`: how much
+    the visual tokens differ between the low-level probe images (mean absolute deviation from their
+    mean, relative to their mean magnitude). Near 0 the model sees every page alike and the three
+    levels cannot differ."""
     token_loss.eval()
-    out = {}
+    first = pad(probes[LEVELS[0]][:8], pad_id).to(device)
+    feats = torch.stack([token_loss.model.encode_vision(first["pixel_values"][i], first["tgt_sizes"][i])
+                         for i in range(len(first["pixel_values"]))])  # [n, G, Q, D]
+    out = {"visual_spread": float((feats - feats.mean(0)).abs().mean() / feats.abs().mean())}
     for level, samples in probes.items():
         total = 0.0
         for start in range(0, len(samples), 16):
@@ -161,12 +182,20 @@ def plot(rows: list[dict], train: list[tuple[int, float]], path: Path, note: str
     steps = [r["step"] for r in rows]
     for level in LEVELS:
         ax.plot(steps, [r[level] for r in rows], marker="o", ms=3, label=level, color=np.array(LEVEL_COLOURS[level]) / 255)
-    ax.set(xlabel="optimizer step", ylabel="answer loss (nats per region)", ylim=(0, None),
+    ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel="answer loss (nats per region, log scale)",
            title="Held-out probes: the same lines at each corruption level")
     ax.legend(title="corruption level")
-    ax_train.plot([s for s, _ in train], [v for _, v in train], color="grey", lw=1)
-    ax_train.set(xlabel="optimizer step", ylabel="loss per answer token", ylim=(0, None),
-                 title="Training batches (levels mixed)")
+    ax_train.plot([s for s, _ in train], [v for _, v in train], color="grey", lw=1, label="training loss")
+    ax_train.set(xlabel="optimizer step", ylabel="loss per answer token (levels mixed)", ylim=(0, None),
+                 title="Training loss; how much the visual tokens vary")
+    spread = ax_train.twinx()
+    spread.plot(steps, [r["visual_spread"] for r in rows], color="tab:blue", marker=".", label="visual-token spread")
+    spread.set(ylabel="visual-token spread across pages", yscale="log")
+    spread.legend(loc="upper right")
+    if max(abs(r["low"] - r["high"]) for r in rows[1:] or rows) < 1e-3:
+        ax.text(0.5, 0.5, "levels indistinguishable:\nthe model does not use the image", transform=ax.transAxes,
+                ha="center", color="dimgrey")
     for a in (ax, ax_train):
         a.grid(alpha=0.3)
     fig.text(0.01, -0.02, note, fontsize=8, color="dimgrey")
@@ -193,8 +222,7 @@ def main(args: DocumentsRunArgs) -> dict:
     set_trainable(model, ("vpm", "resampler", "llm"))
     model.train()
     stream = SampleStream(SFTDataset([paths["train"]], processor, 1024, args.max_slice_nums), seed=args.seed)
-    probe_set = SFTDataset([paths["probes"]], processor, 1024, args.max_slice_nums, strict=True)
-    probes = {level: [probe_set.encode(i) for i in range(k, len(probe_set), len(LEVELS))] for k, level in enumerate(LEVELS)}
+    probes = encode_probes(paths["probes"], processor, args.max_slice_nums)
     print(f"data + init: {time.perf_counter() - began:.0f}s", file=sys.stderr)
 
     # 3. training with the framework's pieces; probe losses every eval_every steps
@@ -227,20 +255,10 @@ def main(args: DocumentsRunArgs) -> dict:
 
     # 4. outputs
     result = {"levels": rows, "seconds": seconds, "checks": level_checks(rows)}
-    model.eval()
     if args.generate:
-        from minicpmv.chat import ChatService
-
-        records = [json.loads(line) for line in paths["probes"].read_text().splitlines()]
-        service = ChatService(model, processor)
-        try:
-            answers = generate_answers(service, records, paths["probes"].parent, 16, args.max_slice_nums)
-        finally:
-            service.close()
-        table = report(score(records, answers))
-        (out / "eval.md").write_text(table + "\n")
-        result["eval"] = table
-        print(table)
+        result["eval"] = greedy_eval(model, processor, paths["probes"], args.max_slice_nums)
+        (out / "eval.md").write_text(result["eval"] + "\n")
+        print(result["eval"])
     (out / "levels.json").write_text(json.dumps(result, indent=1) + "\n")
     note = (f"demo-size model (~3M params) from scratch, {args.steps} steps x {args.batch_size} word pages, "
             f"{args.probe_pages} held-out lines x 3 levels; seed {args.seed}; {seconds / 60:.0f} min on CPU")
@@ -250,14 +268,30 @@ def main(args: DocumentsRunArgs) -> dict:
     return result
 
 
-def level_checks(rows: list[dict]) -> dict:
+def greedy_eval(model: MiniCPMV, processor: Processor, probes: Path, max_slice_nums: int) -> str:
+    """Exact match and CER per level of greedy answers to the probes (`minicpmv eval documents`'s table)."""
+    from minicpmv.chat import ChatService
+
+    model.eval()
+    records = [json.loads(line) for line in probes.read_text().splitlines()]
+    service = ChatService(model, processor)
+    try:
+        answers = generate_answers(service, records, probes.parent, 16, max_slice_nums)
+    finally:
+        service.close()
+    return report(score(records, answers))
+
+
+def level_checks(rows: list[dict], margin: float = 0.05) -> dict:
     """The paper's claims as numbers: the drop from step 0 over the first quarter of the run per
-    level (low should be largest) and the final losses (high should be largest)."""
+    level (low should be largest) and the final losses (high should be largest), each by at least
+    `margin` nats over the other levels (equal curves pass neither)."""
     quarter = min(rows[1:], key=lambda r: abs(r["step"] - rows[-1]["step"] / 4)) if len(rows) > 1 else rows[0]
     drop = {level: rows[0][level] - quarter[level] for level in LEVELS}
     final = {level: rows[-1][level] for level in LEVELS}
     return {"drop_first_quarter": drop, "final": final, "quarter_step": quarter["step"],
-            "low_falls_fastest": drop["low"] == max(drop.values()), "high_stays_highest": final["high"] == max(final.values())}
+            "low_falls_fastest": drop["low"] > max(drop["moderate"], drop["high"]) + margin,
+            "high_stays_highest": final["high"] > max(final["low"], final["moderate"]) + margin}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
 SKIP_REASONS = (
     "encrypted",  # the PDF needs a password
