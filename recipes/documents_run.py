@@ -1,22 +1,22 @@
 """A small training run of the document objective (training spec §3): do the three corruption levels
 behave as the paper describes? Low should fall fastest, high should stay highest.
 
-    .venv/bin/python recipes/documents_run.py                      # ~10 min on 2 CPU cores
-    .venv/bin/python recipes/documents_run.py --steps 600 --out-dir out/documents_run_long
+    .venv/bin/python recipes/documents_run.py                      # ~15 min on 2 CPU cores
+    .venv/bin/python recipes/documents_run.py --steps 1500 --lr 1e-3 --out-dir out/documents_run_long
 
-1. Data. Word pages from the engine's pieces: a 448 x 448 page of five lines, each a different word
-   of one topic (animals, fruits, tools, ...; 6 topics x 6 words) in one of two faces, 44 px high.
-   A model of demo size (`minicpmv.demo`, ~3 M parameters) trained from scratch can learn to read
-   words like these on a CPU in minutes; paragraph text at 150 dpi would take a GPU and days. Training samples come from
-   `samples.make_sample` (1-2 line targets, independent levels, equal level probabilities);
-   held-out probes from `samples.region_sample`: one line of each held-out page at each level in
-   turn, so the three levels ask for exactly the same text.
+1. Data. Pages made from the engine's pieces: a 448 x 448 page with a topic heading ("Fruits") over
+   one word of that topic (6 topics x 6 words) in one of two faces. A model of demo size
+   (`minicpmv.demo`, ~3 M parameters) is what a 2-core CPU can train in minutes, so the text is
+   a few large words instead of paragraphs at 150 dpi. Training samples: the word line at a random
+   level (equal odds) via `samples.region_sample`; held-out probes: each held-out page's word at
+   every level in turn, so the three levels ask for exactly the same text.
 2. Model. `minicpmv.demo.init_model_dir`: a BPE tokenizer trained on the data's text, random weights
    of the demo preset (224 px slices, 28 px patches, 32 queries). With max_slice_nums 1 the page is
-   seen as one 224 px image: 32 visual tokens, words about 20 px high.
+   seen as one 224 px image: 32 visual tokens.
 3. Training. All parameters (pre-training stage 3), AdamW + warmup-cosine from `minicpmv.train`, the
    framework's `TokenLoss` and `train_step`. Every `eval_every` steps the probes' loss is measured per
-   level, in nats per region (the answer's summed token loss; same tokens for every level).
+   level, in nats per region (the answer's summed token loss; same tokens for every level), with the
+   spread of the visual tokens across pages (0 = the model sees every page alike).
 4. Outputs in --out-dir: metrics.jsonl, levels.json, the greedy-decoding evaluation of the probes
    (exact match and CER per level, `eval.md`), and the plot (`--figure`, default
    docs/figures/document_levels.png).
@@ -30,8 +30,9 @@ for every page (`visual_spread` falls from ~3e-2 to ~5e-5: the resampler learns 
 prompt" while the LLM learns the text prior) and the loss settles at the 36-word prior; lower LR
 (3e-4), a frozen LLM for the first 150 steps, larger words, and starting from the demo pipeline's
 stage-3 checkpoint (whose visual tokens are already constant and whose ViT gets zero gradient) all
-collapsed the same way. So this run does not (yet) show the paper's ordering; it needs a model
-whose vision path survives training (a pre-trained ViT/LLM, or a GPU-sized run).
+collapsed the same way (those runs had 56 px words; the default is now 80 px). So this run does not
+(yet) show the paper's ordering; it needs a model whose vision path survives training (a
+pre-trained ViT/LLM, or a longer / GPU-sized run).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ TOPICS = {
     "body": "hand foot head knee elbow shoulder",
 }
 FONTS = ("DejaVuSans.ttf", "LiberationSerif-Regular.ttf")  # two faces (others if these are missing)
-PAGE_PX, N_LINES = 448, 5
+PAGE_PX, HEADING_PX, WORD_PX = 448, 36, 80
 
 
 @dataclass
@@ -96,7 +97,7 @@ class DocumentsRunArgs:
 
 # ---- 1. data -----------------------------------------------------------------------------------------
 def word_page(seed: int, index: int) -> Page:
-    """A topic heading ("Fruits", 36 px) over one word of that topic (56 px), in one of two faces, with
+    """A topic heading ("Fruits", 36 px) over one word of that topic (80 px), in one of two faces, with
     a little jitter; both lines are regions. The heading is the page context: it narrows a masked
     word down to 6 of the 36 words, and only reading the word itself pins it down."""
     rng = np.random.default_rng([seed, index])
@@ -108,7 +109,7 @@ def word_page(seed: int, index: int) -> Page:
     draw = ImageDraw.Draw(image)
     ink = tuple(int(v) for v in rng.integers(0, 70, 3))
     regions = []
-    for order, (text, size, y) in enumerate([(topic.capitalize(), 36, 60), (word, 56, 220)]):
+    for order, (text, size, y) in enumerate([(topic.capitalize(), HEADING_PX, 60), (word, WORD_PX, 200)]):
         at, font = (int(rng.integers(30, 90)), y + int(rng.integers(-12, 13))), load_font(face, size)
         draw.text(at, text, font=font, fill=ink)
         regions.append(Region(tuple(int(v) for v in draw.textbbox(at, text, font=font)), text, "line", order, order, 1))

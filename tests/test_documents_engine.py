@@ -137,3 +137,24 @@ def test_cli_eval_documents_scores_the_tiny_model(tmp_path, capsys):
     assert table.splitlines()[0] == "| level | items | exact match | CER |" and len(table.splitlines()) >= 3
     assert [json.loads(line)["id"] for line in predictions.read_text().splitlines()] == ["synthetic-000000-0",
                                                                                          "synthetic-000001-0"]
+
+
+def test_documents_run_recipe_smoke(tmp_path):
+    """recipes/documents_run.py end to end at toy size: data, tokenizer + model, 2 steps, probe losses
+    per level (with the visual-token spread), greedy evaluation table, plot."""
+    import importlib.util
+    import sys
+
+    pytest.importorskip("matplotlib")
+    path = Path(__file__).resolve().parents[1] / "recipes" / "documents_run.py"
+    spec = importlib.util.spec_from_file_location("documents_run", path)
+    recipe = sys.modules["documents_run"] = importlib.util.module_from_spec(spec)  # dataclasses need the module
+    spec.loader.exec_module(recipe)
+    args = recipe.DocumentsRunArgs(out_dir=str(tmp_path / "run"), figure=str(tmp_path / "levels.png"), steps=2,
+                                   warmup_steps=1, eval_every=1, train_pages=12, probe_pages=2, batch_size=2)
+    result = recipe.main(args)
+    assert [r["step"] for r in result["levels"]] == [0, 1, 2]
+    assert all(r[level] > 0 for r in result["levels"] for level in ("low", "moderate", "high", "visual_spread"))
+    assert result["eval"].startswith("| level | items | exact match | CER |")
+    assert (tmp_path / "levels.png").stat().st_size > 10_000 and (tmp_path / "run" / "eval.md").is_file()
+    assert set(result["checks"]) >= {"low_falls_fastest", "high_stays_highest"}
