@@ -171,6 +171,20 @@ def test_args_come_from_a_config_file_with_flags_overriding(tmp_path):
     config.write_text("stepz = 3\n")
     with pytest.raises(ValueError, match="stepz"):
         parse_args(SFTArgs, ["--config", str(config)])
+    yaml_config = tmp_path / "run.yaml"
+    yaml_config.write_text("stage: 2\ndecay_data: [b.jsonl]\nlr: 2.0e-5\n")
+    args = parse_args(PretrainArgs, ["--config", str(yaml_config), "--data", "a.jsonl"])
+    assert (args.stage, args.decay_data, args.lr, args.data, args.schedule) == (2, ["b.jsonl"], 2e-5, ["a.jsonl"], "wsd")
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path, base):
+    runs = {}
+    for name, batch_size, grad_accum in (("big", 4, 1), ("accum", 2, 2)):
+        overrides = dict(steps=2, batch_size=batch_size, grad_accum=grad_accum, out_dir=str(tmp_path / name))
+        load_recipe("pretrain").main(PretrainArgs(stage=3, **{**base, **overrides}))
+        runs[name] = read_metrics(tmp_path / name)
+    assert [r["tokens"] for r in runs["big"]] == [r["tokens"] for r in runs["accum"]]
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(runs["big"], runs["accum"])) <= 1e-5
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("pretrain_*.toml")) + sorted((ROOT / "configs").glob("sft_*.toml")))
