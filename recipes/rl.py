@@ -59,8 +59,8 @@ def main(args: RLArgs) -> dict:
     config["processor_dir"] = str(processor_dir)
     processor = Processor.from_pretrained(processor_dir)
     prompts = PromptSet(args.data)
-    held_out = PromptSet(args.eval_data) if args.eval_data else None
-    held_out = [held_out[i] for i in range(len(held_out))] if held_out is not None else []
+    held_out_set = PromptSet(args.eval_data) if args.eval_data else []
+    held_out = [held_out_set[i] for i in range(len(held_out_set))]
 
     # 4. DDP wrapper, optimizer, constant schedule, engine, settings
     policy = distributed.wrap(PolicyLogprobs(model), "ddp", env, [])
@@ -94,36 +94,11 @@ def main(args: RLArgs) -> dict:
         t0 = time.perf_counter()
         batch = [prompts[rng.randrange(len(prompts))] for _ in range(args.prompts_per_step)]
         modes = draw_modes(len(batch), args.long_share, rng)
-        encoded = [encode_prompt(processor, p, m, args.max_slice_nums) for p, m in zip(batch, modes)]
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0, top_k=0,
-                                n=args.group_size, seed=rng.randrange(2**31))
-        model.eval()
-        rollouts = generate_rollouts(engine, encoded, modes, params)
-        t_rollout = time.perf_counter() - t0
-
-        parts = group_rewards(model, processor, rollouts, batch, modes, args.group_size, reward_cfg, reward_model)
-        totals = torch.tensor([[p.total for p in group] for group in parts])  # [G, n]
-        keep = std_filter.keep(totals.std(dim=1).tolist()) if std_filter else [True] * len(batch)
-        advantages = group_advantages(totals) * torch.tensor(keep, dtype=torch.float32)[:, None]  # [G, n]
-        kept = [r for r in rollouts if keep[r.group]]
-        kept_adv = [float(advantages[r.group, i % args.group_size]) for i, r in enumerate(rollouts) if keep[r.group]]
-
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            old = rollout_logprobs(model, kept)
-            ref = rollout_logprobs(reference, kept) if reference is not None else None
-        model.train()
-        update = update_policy(policy, kept, kept_adv, old, optimizer, grpo, ref, rng) if kept else {}
+        row, tokens = grpo_step(args, model, reference, policy, optimizer, engine, processor, batch, modes, grpo,
+                                reward_cfg, reward_model, std_filter, rng)
         scheduler.step()
-        t_update = time.perf_counter() - t1
-
-        flat = [p for group in parts for p in group]
-        lengths = [len(r.response_ids) for r in rollouts]
-        generated += sum(lengths)
-        stats = gathered_mode_stats(modes, args.group_size, flat, lengths)
-        row = {**stats, **update, "reward": float(totals.mean()), "kept_groups": sum(keep), "lr": scheduler.get_last_lr()[0],
-               "rollout_s": t_rollout, "update_s": t_update, "step_s": time.perf_counter() - t0,
-               "rollout_tokens_per_s": sum(lengths) / max(t_rollout, 1e-9)}
+        generated += tokens
+        row.update({"lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
         if held_out and env.is_main and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             row.update(evaluate_modes(engine, processor, held_out, eval_tokens, args.max_slice_nums))
         metrics.log(step + 1, row)
@@ -145,6 +120,37 @@ def main(args: RLArgs) -> dict:
             result["plot"] = str(plot_curves(loop.read_metrics(args.out_dir), Path(args.out_dir) / "rl_curves.png"))
     distributed.cleanup(env)
     return result
+
+
+def grpo_step(args, model, reference, policy, optimizer, engine, processor, batch, modes, grpo, reward_cfg,
+              reward_model, std_filter, rng) -> tuple[dict, int]:
+    """Rollouts -> rewards -> (std filter) -> advantages -> old log-probs -> update; (metrics row, tokens)."""
+    t0 = time.perf_counter()
+    encoded = [encode_prompt(processor, p, m, args.max_slice_nums) for p, m in zip(batch, modes)]
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0, top_k=0,
+                            n=args.group_size, seed=rng.randrange(2**31))
+    model.eval()
+    rollouts = generate_rollouts(engine, encoded, modes, params)
+    t_rollout = time.perf_counter() - t0
+
+    parts = group_rewards(model, processor, rollouts, batch, modes, args.group_size, reward_cfg, reward_model)
+    totals = torch.tensor([[p.total for p in group] for group in parts])  # [G, n]
+    keep = std_filter.keep(totals.std(dim=1).tolist()) if std_filter else [True] * len(batch)
+    advantages = group_advantages(totals).flatten().tolist()  # rollout order = group-major
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        old = rollout_logprobs(model, rollouts)
+        ref = rollout_logprobs(reference, rollouts) if reference is not None else None
+    model.train()
+    update = update_policy(policy, rollouts, advantages, old, optimizer, grpo, ref, rng, [keep[r.group] for r in rollouts])
+    t_update = time.perf_counter() - t1
+
+    flat = [p for group in parts for p in group]
+    lengths = [len(r.response_ids) for r in rollouts]
+    row = {**gathered_mode_stats(modes, args.group_size, flat, lengths), **update, "reward": float(totals.mean()),
+           "kept_groups": sum(keep), "rollout_s": t_rollout, "update_s": t_update,
+           "rollout_tokens_per_s": sum(lengths) / max(t_rollout, 1e-9)}
+    return row, sum(lengths)
 
 
 def group_rewards(model, processor, rollouts, prompts, modes, group_size, cfg, reward_model) -> list[list]:

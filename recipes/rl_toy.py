@@ -1,19 +1,21 @@
 """A tiny end-to-end RL run on CPU (issue 7, "must show"): SFT briefly, then hybrid GRPO, then DPO,
 on a synthetic verifiable task, with curves written to docs/figures/.
 
-    python recipes/rl_toy.py                      # everything, a few minutes on 2 CPU cores
-    python recipes/rl_toy.py --rl-steps 5 --sft-steps 20 --out-dir /tmp/toy --figures ""   # smoke run
+    python recipes/rl_toy.py                      # everything: about 10 minutes on 2 busy CPU cores
+    python recipes/rl_toy.py --sft-steps 20 --rl-steps 5 --dpo-steps 4 --out-dir /tmp/toy --figures ""   # quick look
 
-The task: a 56x28 image shows two digits (a 3x5 bitmap font scaled 4x, shifted by up to 1 px, noisy);
-"What is the sum of the two numbers?" -> e.g. "7". Long mode reasons first
-("<think>\\nThe numbers are 3 and 4. 3 + 4 = 7.\\n</think>\\n\\n7"), short mode answers at once.
+The task: a 56x28 image shows two digits 0-4 (a 3x5 bitmap font scaled 4x, shifted by up to 1 px,
+pixel noise); "What is the sum of the two numbers?" -> e.g. "7". Long mode reasons first
+("<think>\nThe numbers are 3 and 4. 3 + 4 = 7.\n</think>\n\n7"), short mode answers at once.
 The model is MiniCPM-V 4.5 in miniature: a byte-level BPE tokenizer trained on the task text with
 every MiniCPM-V special token (so the real Processor, chat template and engine run unchanged), a
-2-layer ViT (width 32) on 14-pixel patches, a resampler with 8 queries and a 2-layer Qwen3 of
-width 64. Stages, each the real recipe: `recipes/sft.py` (both modes, stopped early so the
-model is good but not perfect) -> `recipes/rl.py` (rule-verified rewards, held-out accuracy per
-mode every few steps) -> `recipes/dpo.py` on synthetic preference pairs ("Which numbers does the
-image show?": the right digits vs one hallucinated digit), margin measured on held-out pairs.
+2-layer ViT (width 32) on 14-pixel patches (8 per image), a resampler with 8 queries and a 2-layer
+Qwen3 of width 64, initialised N(0, 1/fan_in). Stages, each the real recipe: `recipes/sft.py`
+(both modes plus "Which two numbers does the image show?", stopped early so the model reads the
+digits but is far from perfect) -> `recipes/rl.py` (rule-verified rewards, held-out greedy accuracy
+per mode every few steps) -> `recipes/dpo.py` on synthetic preference pairs for the describe
+question (the right digits vs one hallucinated digit), margin measured on held-out pairs.
+Held-out prompts are new images (new noise and shifts) of the same task.
 """
 
 from __future__ import annotations

@@ -18,10 +18,19 @@ from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
 from minicpmv.rl.dpo import (
     ModelJudge, PairConfig, build_pairs, claim_questions, dpo_loss, encode_pair, length_balance, pair_logprobs,
-    pair_record, pair_texts, parse_lines, preference_pairs, prompt_question, response_score, split_claims,
+    pair_record, pair_texts, parse_lines, plain_text, preference_pairs, prompt_question, response_score, split_claims,
 )
 from minicpmv.rl.rollout import PromptSet, RLPrompt
 from train_fixtures import small_image_model, write_image
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are a few hundred kB: one thread is fastest (no sync per tiny op); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_dpo_loss_by_hand():
@@ -138,6 +147,8 @@ def test_model_judge_answers_every_question(tmp_path, tiny):
     prompt = _prompt(tmp_path, "a", "b")
     answers = judge(prompt, ["Is there a cat?", "Is the sky green?", "Is it day?"])
     assert len(answers) == 3 and all(isinstance(a, bool) for a in answers) and judge(prompt, []) == []
+    assert len(judge(prompt, ["Is it <slice>red</image>?"])) == 1  # generated text may hold span markers
+    assert plain_text("a<image>b</slice>c") == "abc"
     assert prompt_question(prompt) == "What is shown?"
 
 

@@ -17,6 +17,15 @@ from minicpmv.rl.grpo import GRPOConfig, PolicyLogprobs, draw_modes, group_advan
 from minicpmv.rl.rollout import Rollout, TokenLogprobs, rollout_logprobs, sequence_logprobs
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are a few hundred kB: one thread is fastest (no sync per tiny op); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_group_advantages_by_hand():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 1.0, 1.0]])
     adv = group_advantages(rewards)
@@ -45,6 +54,17 @@ def test_policy_loss_token_mean_over_a_global_count():
     logp = torch.zeros(2)
     loss, _ = policy_loss(logp, logp, torch.tensor([1.0, 1.0]), num_tokens=8)
     assert float(loss) == pytest.approx(-2 / 8)
+
+
+def test_masked_tokens_carry_no_loss_and_no_count():
+    logp = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5])).requires_grad_(True)
+    old = torch.log(torch.tensor([0.25, 0.5, 0.9, 0.1]))
+    adv = torch.tensor([1.0, -1.0, 1.0, 1.0])
+    masked, _ = policy_loss(logp, old, adv, mask=torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    first_two, _ = policy_loss(logp[:2], old[:2], adv[:2])
+    assert masked.detach().item() == pytest.approx(first_two.detach().item())
+    masked.backward()
+    assert logp.grad[2:].tolist() == [0.0, 0.0]
 
 
 def test_kl_and_entropy_terms():

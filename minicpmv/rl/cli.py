@@ -121,6 +121,7 @@ class RLAIFVArgs:
     pairs_per_prompt: int = 2
     max_slice_nums: int = 9
     text_model: str = ""  # "module:factory"; factory(model, processor) -> TextModel ("" = our model)
+    text_max_new_tokens: int = 256  # completion limit of the default text model (claims, questions)
     judge: str = ""  # "module:factory"; factory(model, processor) -> Judge ("" = our model's P(yes) vs P(no))
     prompts_per_batch: int = 16  # prompts sampled together
     seed: int = 0
@@ -166,7 +167,7 @@ def build_rlaifv_pairs(args: RLAIFVArgs) -> Path:
     processor = Processor.from_pretrained(args.processor or args.model)
     engine = Engine(model, processor.tokenizer, max_batch_size=args.prompts_per_batch * args.samples_per_prompt)
     text_model = (load_callable(args.text_model, "--text-model")(model, processor) if args.text_model
-                  else ModelTextModel(engine, processor))
+                  else ModelTextModel(engine, processor, args.text_max_new_tokens))
     judge = (load_callable(args.judge, "--judge")(model, processor) if args.judge
              else ModelJudge(model, processor, args.max_slice_nums))
     cfg = PairConfig(args.samples_per_prompt, args.temperature, args.max_new_tokens, args.mode, args.min_gap,

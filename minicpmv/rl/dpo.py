@@ -35,7 +35,7 @@ from torch import nn
 from minicpmv.errors import InputError
 from minicpmv.inference.engine import Engine
 from minicpmv.inference.types import SamplingParams
-from minicpmv.processor.processor import EncodedSample, Processor
+from minicpmv.processor.processor import SPAN_MARKERS, EncodedSample, Processor
 from minicpmv.rl import rewards
 from minicpmv.rl.rollout import PREFILL, RLPrompt, encode_prompt, generate_rollouts, sequence_logprobs
 
@@ -195,6 +195,14 @@ def claim_questions(claims: Sequence[str], text_model: TextModel) -> list[str]:
 
 
 # ---- default text model and judge: our own model -----------------------------------------------------------
+def plain_text(text: str) -> str:
+    """Generated text made safe to put in a prompt: the visual span markers the processor reserves
+    (`<image>`, `</image>`, `<slice>`, `</slice>`) are removed ('a</image>b' -> 'ab')."""
+    for marker in SPAN_MARKERS:
+        text = text.replace(marker, "")
+    return text
+
+
 class ModelTextModel:
     """A TextModel backed by our model: each prompt is a text-only user turn, answered greedily in short mode."""
 
@@ -204,7 +212,7 @@ class ModelTextModel:
     def __call__(self, prompts: Sequence[str]) -> list[str]:
         if not prompts:
             return []
-        samples = [self.processor.encode([{"role": "user", "content": p}]) for p in prompts]
+        samples = [self.processor.encode([{"role": "user", "content": plain_text(p)}]) for p in prompts]
         params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0)
         return [r.text for r in generate_rollouts(self.engine, samples, ["short"] * len(samples), params)]
 
@@ -227,7 +235,7 @@ class ModelJudge:
             return []
         media = [p for m in prompt.messages if m["role"] == "user" and not isinstance(m["content"], str)
                  for p in m["content"] if not isinstance(p, str)]
-        convs = [[{"role": "user", "content": [*media, q + JUDGE_SUFFIX]}] for q in questions]
+        convs = [[{"role": "user", "content": [*media, plain_text(q) + JUDGE_SUFFIX]}] for q in questions]
         batch = self.processor(convs, max_slice_nums=self.max_slice_nums)
         device = next(self.model.parameters()).device
         logits = self.model(**batch.to(device), num_logits_to_keep=1).logits[:, -1].float()  # [Q, V]
@@ -262,14 +270,24 @@ def build_pairs(prompts: Sequence[RLPrompt], engine: Engine, processor: Processo
     for g, prompt in enumerate(prompts):
         texts = [PREFILL[cfg.mode] + r.text for r in rollouts if r.group == g]
         answers = [rewards.split_answer(t)[1] for t in texts]
-        scores = []
-        for claims in split_claims(prompt_question(prompt), answers, text_model):
-            scores.append(response_score(judge(prompt, claim_questions(claims, text_model))))
+        scores = score_responses(prompt, answers, text_model, judge)
         for i, j in preference_pairs(scores, cfg.min_gap, cfg.pairs_per_prompt, rng):
             records.append(pair_record(prompt, _as_response(texts[i], cfg.mode), _as_response(texts[j], cfg.mode),
                                        scores[i], scores[j]))
             lengths.append((len(answers[i].split()), len(answers[j].split())))
     return [r for r, keep in zip(records, length_balance(lengths)) if keep]
+
+
+def score_responses(prompt: RLPrompt, answers: Sequence[str], text_model: TextModel, judge: Judge) -> list[int]:
+    """-(rejected claims) per answer; one text-model call for the claims of all answers, one for all
+    their questions, one judge call for all questions."""
+    claims = split_claims(prompt_question(prompt), answers, text_model)
+    verdicts = judge(prompt, claim_questions([c for cs in claims for c in cs], text_model))
+    scores, at = [], 0
+    for cs in claims:
+        scores.append(response_score(verdicts[at:at + len(cs)]))
+        at += len(cs)
+    return scores
 
 
 def _as_response(assistant_text: str, mode: str) -> str:

@@ -78,32 +78,35 @@ def policy_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     num_tokens: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy-gradient loss over N sampled tokens (all float[N]; advantages repeated per token).
 
     per token: ratio = exp(logp - old_logp);  l = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
-    loss = sum(l) / num_tokens  (token-mean; num_tokens defaults to N, pass the global count when a
-           batch is split) + kl_coef * mean(k3) - entropy_coef * mean(entropy), where
+    loss = sum(mask * l) / num_tokens  (token-mean; num_tokens defaults to sum(mask), pass the global
+           count when a batch is split; mask 0 = a token left out of the batch, default all 1)
+           + kl_coef * mean(k3) - entropy_coef * mean(entropy), where
            k3 = exp(ref - logp) - (ref - logp) - 1 >= 0 (the low-variance KL estimate).
     Worked example: A = +1, ratio 1.5 -> clipped to 1.27 -> l = -1.27 (no gain past the ceiling);
     A = -1, ratio 0.5 -> max(0.5, 0.8) = 0.8 (the floor stops pushing a bad token further down).
     """
-    count = float(logp.numel() if num_tokens is None else num_tokens)
+    mask = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
+    count = float(num_tokens) if num_tokens is not None else max(float(mask.sum()), 1.0)
     ratio = torch.exp(logp - old_logp)  # [N]
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
-    loss = torch.maximum(unclipped, clipped).sum() / count
-    stats = {"pg_loss": float(loss.detach()), "clip_frac": float((clipped > unclipped).float().sum()) / count,
+    loss = (torch.maximum(unclipped, clipped) * mask).sum() / count
+    stats = {"pg_loss": float(loss.detach()), "clip_frac": float(((clipped > unclipped).float() * mask).sum()) / count,
              "ratio_max": float(ratio.detach().max()) if ratio.numel() else 1.0}
     if kl_coef and ref_logp is None:
         raise ValueError("kl_coef > 0 needs the reference model's log-probs (ref_logp)")
     if ref_logp is not None:
         delta = ref_logp - logp  # [N]
-        kl = (torch.exp(delta) - delta - 1).sum() / count
+        kl = ((torch.exp(delta) - delta - 1) * mask).sum() / count
         loss = loss + kl_coef * kl
         stats["kl"] = float(kl.detach())
     if entropy is not None:
-        ent = entropy.sum() / count
+        ent = (entropy * mask).sum() / count
         loss = loss - entropy_coef * ent
         stats["entropy"] = float(ent.detach())
     return loss, stats
@@ -130,15 +133,19 @@ def update_policy(
     cfg: GRPOConfig,
     ref_logp: TokenLogprobs | None = None,
     rng: random.Random | None = None,
+    in_batch: Sequence[bool] | None = None,
 ) -> dict[str, float]:
     """`ppo_epochs` passes over `rollouts` in shuffled mini-batches, one optimizer step each.
 
     policy: a `PolicyLogprobs` (possibly DDP-wrapped); advantages: one per rollout; old_logp /
-    ref_logp: per-token log-probs of all rollouts from before the update (row i = rollout i).
-    The token-mean of a mini-batch divides by its token count summed over ranks. Returns the mean
-    of the per-step statistics plus `grad_norm`.
+    ref_logp: per-token log-probs of all rollouts from before the update (row i = rollout i);
+    in_batch: False for rollouts of groups dropped by a filter: they stay in the mini-batches (so
+    every process takes the same number of steps, as DDP needs) but carry no loss and no token
+    count. The token-mean of a mini-batch divides by its token count summed over ranks. Returns the
+    mean of the per-step statistics plus `grad_norm`.
     """
     rng = rng or random.Random(0)
+    keep = list(in_batch) if in_batch is not None else [True] * len(rollouts)
     order = list(range(len(rollouts)))
     size = cfg.mini_batch_size or len(rollouts)
     totals: dict[str, float] = {}
@@ -148,19 +155,20 @@ def update_policy(
         for start in range(0, len(order), size):
             rows = order[start:start + size]
             stats = _mini_batch_step(policy, [rollouts[i] for i in rows], [advantages[i] for i in rows],
-                                     old_logp.select(rows), None if ref_logp is None else ref_logp.select(rows),
-                                     optimizer, cfg)
+                                     [keep[i] for i in rows], old_logp.select(rows),
+                                     None if ref_logp is None else ref_logp.select(rows), optimizer, cfg)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
     return {k: v / max(steps, 1) for k, v in totals.items()}
 
 
-def _mini_batch_step(policy, rollouts, advantages, old: TokenLogprobs, ref: TokenLogprobs | None, optimizer,
+def _mini_batch_step(policy, rollouts, advantages, keep, old: TokenLogprobs, ref: TokenLogprobs | None, optimizer,
                      cfg: GRPOConfig) -> dict[str, float]:
     new = policy(rollouts, with_entropy=cfg.entropy_coef > 0)
     device = new.logp.device
-    count, world = float(new.logp.numel()), 1
+    mask = torch.tensor(keep, dtype=new.logp.dtype, device=device)[new.row]  # [N]
+    count, world = float(mask.sum()), 1
     if torch.distributed.is_initialized():  # token-mean over the mini-batches of all ranks
         world = torch.distributed.get_world_size()
         total = torch.tensor(count, device=device)
@@ -169,7 +177,7 @@ def _mini_batch_step(policy, rollouts, advantages, old: TokenLogprobs, ref: Toke
     adv = torch.tensor(advantages, dtype=new.logp.dtype, device=device)[new.row]  # [N]
     loss, stats = policy_loss(new.logp, old.logp.to(device), adv, cfg.clip_low, cfg.clip_high,
                               None if ref is None else ref.logp.to(device), cfg.kl_coef, new.entropy,
-                              cfg.entropy_coef, num_tokens=max(count, 1.0) / world)
+                              cfg.entropy_coef, num_tokens=max(count, 1.0) / world, mask=mask)
     # DDP averages gradients over ranks; dividing by count / world makes the result sum / count.
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
