@@ -1,4 +1,4 @@
-"""The pieces every training recipe shares: run arguments, the token loss, one optimizer step with
+"""The pieces every training recipe shares: the token loss, micro-batches, one optimizer step with
 gradient accumulation / clipping / autocast, metrics (JSONL, optional TensorBoard), progress bar,
 loss-curve plot and the final summary. Recipes keep their own loop and call these in order.
 """
