@@ -265,8 +265,6 @@ def test_load_folder_and_preset():
 
 
 def test_load_explains_what_is_missing():
-    with pytest.raises(InputError, match="no default model"):
-        minicpmv.load()
     with pytest.raises(InputError, match="tokenizer="):
         minicpmv.load("tiny", device="cpu")
     with pytest.raises(InputError, match="neither a folder nor a preset"):
