@@ -197,6 +197,7 @@ def load_recipe(name: str) -> types.ModuleType:
         raise InputError(f"recipe {path} not found: `minicpmv train {name}` runs the recipes of a source checkout")
     spec = importlib.util.spec_from_file_location(f"minicpmv_recipe_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (with `from __future__ import annotations`) look the module up
     spec.loader.exec_module(module)
     return module
 
