@@ -71,6 +71,7 @@ def main(args: DPOArgs) -> dict:
     optimizer = build_optimizer(model, {m: args.lr for m in MODULES}, args.weight_decay, betas=(0.9, args.beta2))
     scheduler = build_scheduler(optimizer, Schedule(args.schedule, args.steps, args.warmup_steps))
     rng = random.Random(args.seed * 100_003 + env.rank)
+    amp = loop.autocast_dtype(args.precision, env.device)
 
     # 5. resume
     start = 0
@@ -88,10 +89,12 @@ def main(args: DPOArgs) -> dict:
         t0 = time.perf_counter()
         batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(args.batch_size)]
         model.train()
-        chosen, rejected, nll = policy(batch)
-        with torch.no_grad():
-            ref_chosen, ref_rejected, _ = pair_logprobs(reference, batch)
-        loss, stats = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, args.beta, nll, args.sft_weight)
+        with torch.autocast(env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            chosen, rejected, nll = policy(batch)
+            with torch.no_grad():
+                ref_chosen, ref_rejected, _ = pair_logprobs(reference, batch)
+        loss, stats = dpo_loss(chosen.float(), rejected.float(), ref_chosen.float(), ref_rejected.float(), args.beta,
+                               nll.float(), args.sft_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad if args.clip_grad > 0 else float("inf"))
         lr = scheduler.get_last_lr()[0]

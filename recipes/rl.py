@@ -74,6 +74,7 @@ def main(args: RLArgs) -> dict:
     reward_model = load_callable(args.reward_model, "--reward-model") if args.reward_model else None
     std_filter = StdFilter(args.std_filter_beta, args.std_filter_ema, args.std_filter_start) if args.std_filter else None
     rng = random.Random(args.seed * 100_003 + env.rank)
+    amp = loop.autocast_dtype(args.precision, env.device)
     eval_tokens = args.eval_max_new_tokens or args.max_new_tokens
 
     # 5. resume
@@ -95,7 +96,7 @@ def main(args: RLArgs) -> dict:
         batch = [prompts[rng.randrange(len(prompts))] for _ in range(args.prompts_per_step)]
         modes = draw_modes(len(batch), args.long_share, rng)
         row, tokens = grpo_step(args, model, reference, policy, optimizer, engine, processor, batch, modes, grpo,
-                                reward_cfg, reward_model, std_filter, rng)
+                                reward_cfg, reward_model, std_filter, rng, amp)
         scheduler.step()
         generated += tokens
         row.update({"lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
@@ -123,7 +124,7 @@ def main(args: RLArgs) -> dict:
 
 
 def grpo_step(args, model, reference, policy, optimizer, engine, processor, batch, modes, grpo, reward_cfg,
-              reward_model, std_filter, rng) -> tuple[dict, int]:
+              reward_model, std_filter, rng, amp) -> tuple[dict, int]:
     """Rollouts -> rewards -> (std filter) -> advantages -> old log-probs -> update; (metrics row, tokens)."""
     t0 = time.perf_counter()
     encoded = [encode_prompt(processor, p, m, args.max_slice_nums) for p, m in zip(batch, modes)]
@@ -138,11 +139,14 @@ def grpo_step(args, model, reference, policy, optimizer, engine, processor, batc
     keep = std_filter.keep(totals.std(dim=1).tolist()) if std_filter else [True] * len(batch)
     advantages = group_advantages(totals).flatten().tolist()  # rollout order = group-major
     t1 = time.perf_counter()
-    with torch.no_grad():
-        old = rollout_logprobs(model, rollouts)
-        ref = rollout_logprobs(reference, rollouts) if reference is not None else None
-    model.train()
-    update = update_policy(policy, rollouts, advantages, old, optimizer, grpo, ref, rng, [keep[r.group] for r in rollouts])
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.no_grad():
+            old = rollout_logprobs(model, rollouts)
+            ref = rollout_logprobs(reference, rollouts) if reference is not None else None
+        model.train()
+        update = update_policy(policy, rollouts, advantages, old, optimizer, grpo, ref, rng,
+                               [keep[r.group] for r in rollouts])
     t_update = time.perf_counter() - t1
 
     flat = [p for group in parts for p in group]

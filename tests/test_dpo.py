@@ -147,6 +147,12 @@ def test_model_judge_answers_every_question(tmp_path, tiny):
     prompt = _prompt(tmp_path, "a", "b")
     answers = judge(prompt, ["Is there a cat?", "Is the sky green?", "Is it day?"])
     assert len(answers) == 3 and all(isinstance(a, bool) for a in answers) and judge(prompt, []) == []
+    image = prompt.messages[0]["content"][0]
+    with torch.no_grad():  # the same decision from a plain forward of each question alone
+        for question, answer in zip(["Is there a cat?", "Is the sky green?", "Is it day?"], answers):
+            batch = processor([{"role": "user", "content": [image, question + " Please answer yes or no."]}], max_slice_nums=1)
+            probs = model(**batch).logits[0, -1].softmax(-1)
+            assert answer == bool(probs[judge.yes].sum() > probs[judge.no].sum())
     assert len(judge(prompt, ["Is it <slice>red</image>?"])) == 1  # generated text may hold span markers
     assert plain_text("a<image>b</slice>c") == "abc"
     assert prompt_question(prompt) == "What is shown?"

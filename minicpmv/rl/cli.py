@@ -63,6 +63,7 @@ class RLArgs:
     weight_decay: float = 0.0
     beta2: float = 0.999
     clip_grad: float = 1.0  # max global gradient norm (0 = off)
+    precision: str = "auto"  # log-prob passes and updates: auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
     seed: int = 0
     # output
     eval_every: int = 10  # evaluate the held-out prompts every N steps (and at steps 0 and the end)
@@ -95,6 +96,7 @@ class DPOArgs:
     weight_decay: float = 0.0
     beta2: float = 0.999
     clip_grad: float = 1.0
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
     seed: int = 0
     eval_every: int = 20  # held-out margin every N steps (and at steps 0 and the end)
     out_dir: str = "runs/dpo"

@@ -236,9 +236,13 @@ class ModelJudge:
         media = [p for m in prompt.messages if m["role"] == "user" and not isinstance(m["content"], str)
                  for p in m["content"] if not isinstance(p, str)]
         convs = [[{"role": "user", "content": [*media, plain_text(q) + JUDGE_SUFFIX]}] for q in questions]
-        batch = self.processor(convs, max_slice_nums=self.max_slice_nums)
-        device = next(self.model.parameters()).device
-        logits = self.model(**batch.to(device), num_logits_to_keep=1).logits[:, -1].float()  # [Q, V]
+        batch = self.processor(convs, max_slice_nums=self.max_slice_nums).to(next(self.model.parameters()).device)
+        vision = None  # the image is the same for every question: encode it once
+        if batch.pixel_values[0]:
+            vision = self.model.vision_per_item(batch.pixel_values[:1], batch.tgt_sizes[:1], batch.temporal_ids[:1])
+        logits = self.model(batch.input_ids, batch.attention_mask, image_bounds=batch.image_bounds,
+                            vision_embeds=None if vision is None else vision * len(questions),
+                            num_logits_to_keep=1).logits[:, -1].float()  # [Q, V]
         probs = logits.softmax(-1)
         return (probs[:, self.yes].sum(-1) > probs[:, self.no].sum(-1)).tolist()
 
