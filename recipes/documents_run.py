@@ -31,8 +31,8 @@ step 50 and 4e-6 by step 200: the resampler learns a constant "soft prompt" whil
 the text prior), and the loss settles at the 36-word prior (log 36 = 3.58 nats). Lower LR
 (3e-4), a frozen LLM for the first 150 steps, larger words, and starting from the demo pipeline's
 stage-3 checkpoint (whose visual tokens are already constant and whose ViT gets zero gradient) all
-collapsed the same way, and so did 1,500 steps at 1e-3 and pages without any nuisance variation
-(one face, one paper colour, no jitter). One variant did fall below the prior, with the three levels
+collapsed the same way, and so did 1,500 steps at 1e-3, pages without any nuisance variation (one
+face, one paper colour, no jitter), and a 10x lower LR for the LLM only (faster: 1e-4 by step 25). One variant did fall below the prior, with the three levels
 still equal: its word boxes were tight, so the prompt's box width told the word's length; the word
 region is now its fixed slot. So this run does not (yet) show the paper's ordering; it needs a
 model whose vision path survives training (a pre-trained ViT/LLM, or a GPU-sized run).
