@@ -1,7 +1,7 @@
 """A tiny end-to-end RL run on CPU (issue 7, "must show"): SFT briefly, then hybrid GRPO, then DPO,
 on a synthetic verifiable task, with curves written to docs/figures/.
 
-    python recipes/rl_toy.py                      # everything: about 10 minutes on 2 busy CPU cores
+    python recipes/rl_toy.py                      # everything: 2 min on 2 idle CPU cores, ~10 min on busy ones
     python recipes/rl_toy.py --sft-steps 20 --rl-steps 5 --dpo-steps 4 --out-dir /tmp/toy --figures ""   # quick look
 
 The task: a 56x28 image shows two digits 0-4 (a 3x5 bitmap font scaled 4x, shifted by up to 1 px,
