@@ -74,10 +74,8 @@ def main(args: DPOArgs) -> dict:
     amp = loop.autocast_dtype(args.precision, env.device)
 
     # 5. resume
-    start = 0
-    last = checkpoint.latest(args.out_dir) if args.resume else None
-    if last is not None:
-        start, state = checkpoint.load(last, model, optimizer, scheduler, env)
+    start, state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)
+    if state is not None:
         rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
 
     # 6. the loop

@@ -78,10 +78,8 @@ def main(args: RLArgs) -> dict:
     eval_tokens = args.eval_max_new_tokens or args.max_new_tokens
 
     # 5. resume
-    start = 0
-    last = checkpoint.latest(args.out_dir) if args.resume else None
-    if last is not None:
-        start, state = checkpoint.load(last, model, optimizer, scheduler, env)
+    start, state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)
+    if state is not None:
         rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
         if std_filter is not None:
             std_filter.load_state_dict(state["std_filter"])

@@ -74,13 +74,9 @@ def main(args: SFTArgs) -> dict:
     amp = loop.autocast_dtype(args.precision, env.device)
 
     # 5. resume
-    start = 0
-    last = checkpoint.latest(args.out_dir) if args.resume else None
-    if last is not None:
-        start, data_state = checkpoint.load(last, model, optimizer, scheduler, env)
+    start, data_state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)
+    if data_state is not None:
         stream.load_state_dict(data_state)
-        if env.is_main:
-            print(f"resumed from {last} at step {start}", file=sys.stderr)
 
     # 6. the loop
     metrics = loop.MetricsLogger(args.out_dir, env, start, args.tensorboard)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -205,3 +206,21 @@ def copy_model_files(src: Path, out_dir: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.name not in _MODEL_FILES_SKIPPED and not f.name.endswith(".safetensors"):
             shutil.copy2(f, out_dir / f.name)
+
+
+def resume(
+    out_dir: str | Path,
+    enabled: bool,
+    model: MiniCPMV,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    env: DistEnv,
+) -> tuple[int, dict[str, Any] | None]:
+    """(step to start from, saved extra state) from the latest checkpoint in `out_dir`; (0, None) when none."""
+    last = latest(out_dir) if enabled else None
+    if last is None:
+        return 0, None
+    start, state = load(last, model, optimizer, scheduler, env)
+    if env.is_main:
+        print(f"resumed from {last} at step {start}", file=sys.stderr)
+    return start, state
