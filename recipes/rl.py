@@ -79,6 +79,7 @@ def main(args: RLArgs) -> dict:
 
     # 5. resume
     start, state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)
+    last = checkpoint.latest(args.out_dir) if start else None  # what a run with no step left exports
     if state is not None:
         rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
         if std_filter is not None:

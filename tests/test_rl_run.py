@@ -147,6 +147,8 @@ def test_rl_recipe_runs_logs_per_mode_and_resumes(task, tmp_path):
     assert (tmp_path / "run" / "rl_curves.png").stat().st_size > 1000
     resumed = load_recipe("rl").main(_rl_args(task, tmp_path / "run", steps=3, export=False, plot=False, **options))
     assert resumed["steps"] == 1 and [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 1, 2, 3]
+    finished = load_recipe("rl").main(_rl_args(task, tmp_path / "run", steps=3, plot=False, **options))
+    assert finished["steps"] == 0 and finished["checkpoint"].endswith("step-000003")  # nothing left: export only
 
 
 def test_dpo_recipe_logs_the_held_out_margin(task, tmp_path):
