@@ -3,8 +3,8 @@ synthetic sum task): engine rollouts in groups, RLPR scoring, two steps of `reci
 option on (KL, entropy, std filter, reward model) and a resume, two steps of `recipes/dpo.py`,
 `minicpmv data rlaifv` with the default text model and judge, and the CLI registration.
 
-The full toy run (SFT -> GRPO -> DPO, a few minutes) is `python recipes/rl_toy.py`; its recorded
-output is in the RL section of docs/benchmarks.md."""
+The full toy run (SFT -> GRPO -> DPO, a few minutes) is `python recipes/rl_toy.py`; it writes the
+curves to docs/figures/rl_curves.png and docs/figures/rl_dpo_margin.png."""
 
 from __future__ import annotations
 
