@@ -73,6 +73,7 @@ def main(args: PretrainArgs) -> dict:
     start, data_state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)
     if data_state is not None:
         stream.load_state_dict(data_state)
+    last = checkpoint.latest(args.out_dir) if start else None  # what a run with no step left exports
 
     # 6. the loop; the decay-phase hook sets the data mix before each step
     metrics = loop.MetricsLogger(args.out_dir, env, start, args.tensorboard)

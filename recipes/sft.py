@@ -77,6 +77,7 @@ def main(args: SFTArgs) -> dict:
     start, data_state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)
     if data_state is not None:
         stream.load_state_dict(data_state)
+    last = checkpoint.latest(args.out_dir) if start else None  # what a run with no step left exports
 
     # 6. the loop
     metrics = loop.MetricsLogger(args.out_dir, env, start, args.tensorboard)
