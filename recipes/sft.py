@@ -25,7 +25,7 @@ from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
 from minicpmv.train import checkpoint, distributed, loop
 from minicpmv.train.cli import SFTArgs, parse_args, resolved_config
-from minicpmv.train.optim import Schedule, build_optimizer, build_scheduler, set_trainable
+from minicpmv.train.optim import set_trainable
 
 
 def main(args: SFTArgs) -> dict:
@@ -66,12 +66,7 @@ def main(args: SFTArgs) -> dict:
     stream = SampleStream(dataset, seed=args.seed, rank=env.rank, world_size=env.world_size)
 
     # 4. data parallelism, optimizer (after wrapping: FSDP2 swaps the parameters), schedule
-    blocks = [*model.llm.model.layers, *model.vpm.encoder.layers]
-    train_model = distributed.wrap(loop.TokenLoss(model), args.parallel, env, blocks)
-    optimizer = build_optimizer(model, args.module_lrs(), args.weight_decay, betas=(0.9, args.beta2))
-    schedule = Schedule(args.schedule, args.steps, args.warmup_steps, args.decay_steps, args.min_lr_ratio)
-    scheduler = build_scheduler(optimizer, schedule)
-    amp = loop.autocast_dtype(args.precision, env.device)
+    train_model, optimizer, schedule, scheduler, amp = loop.setup_optimization(model, args, env)
 
     # 5. resume
     start, data_state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)

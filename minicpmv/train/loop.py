@@ -10,7 +10,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,30 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+class Optimization(NamedTuple):
+    """What a supervised recipe trains with: the wrapped loss module, optimizer, schedule and autocast dtype."""
+
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    amp: torch.dtype | None
+
+
+def setup_optimization(model: MiniCPMV, args: Any, env: DistEnv) -> Optimization:
+    """Wrap `TokenLoss(model)` for DDP/FSDP2 (decoder and ViT blocks as FSDP units), then build the
+    per-module AdamW groups (after wrapping: FSDP2 swaps the parameters), the LR schedule and the
+    autocast dtype from a `TrainArgs`."""
+    from minicpmv.train.optim import Schedule, build_optimizer, build_scheduler
+
+    blocks = [*model.llm.model.layers, *model.vpm.encoder.layers]
+    train_model = distributed.wrap(TokenLoss(model), args.parallel, env, blocks)
+    optimizer = build_optimizer(model, args.module_lrs(), args.weight_decay, betas=(0.9, args.beta2))
+    schedule = Schedule(args.schedule, args.steps, args.warmup_steps, args.decay_steps, args.min_lr_ratio)
+    scheduler = build_scheduler(optimizer, schedule)
+    return Optimization(train_model, optimizer, schedule, scheduler, autocast_dtype(args.precision, env.device))
 
 
 def next_batches(stream, batch_size: int, grad_accum: int, packing: bool, max_length: int, pad_id: int) -> list[TrainBatch]:
