@@ -440,6 +440,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """The sub-command list of `minicpmv NAME` (train / data / eval), creating `NAME` when it does not exist
+    yet, so several modules can add commands to one group in any order. argparse has no public way to reach
+    a parser's sub-commands, so an existing one is found among the parser's actions."""
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = subparsers.add_parser(name, help=help)
+        return parser.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND", required=True)
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def _call(entry: str, sub: argparse._SubParsersAction) -> None:
     module, _, name = entry.partition(":")
     getattr(importlib.import_module(module), name)(sub)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from minicpmv.cli import command_group
 from minicpmv.errors import InputError
 from minicpmv.train.cli import build_parser, load_config_file, load_recipe
 
@@ -188,27 +189,14 @@ def build_rlaifv_pairs(args: RLAIFVArgs) -> Path:
 # ---- registration --------------------------------------------------------------------------------------------
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `train rl`, `train dpo` (under an existing `train` command when there is one) and `data rlaifv`."""
-    train = _command_group(subparsers, "train", "train_command", "pre-train / fine-tune / RL")
+    train = command_group(subparsers, "train", "pre-train / fine-tune / RL")
     for name, cls in (("rl", RLArgs), ("dpo", DPOArgs)):
         p = train.add_parser(name, help=cls.__doc__.splitlines()[0], parents=[build_parser(cls, name)], add_help=False)
         p.set_defaults(func=lambda ns, name=name, cls=cls: _run_recipe(name, cls, ns))
-    data = _command_group(subparsers, "data", "data_command", "build training data")
+    data = command_group(subparsers, "data", "build training data")
     p = data.add_parser("rlaifv", help=RLAIFVArgs.__doc__.splitlines()[0],
                         parents=[build_parser(RLAIFVArgs, "rlaifv")], add_help=False)
     p.set_defaults(func=_run_rlaifv)
-
-
-def _command_group(subparsers: argparse._SubParsersAction, name: str, dest: str, help: str) -> argparse._SubParsersAction:
-    """The sub-command action of command `name`, creating the command when it does not exist yet.
-
-    argparse has no public way to reach a parser's sub-commands, so an existing one is found
-    among the parser's actions.
-    """
-    parser = subparsers.choices.get(name)
-    if parser is None:
-        parser = subparsers.add_parser(name, help=help)
-        return parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _run_recipe(name: str, cls: type, ns: argparse.Namespace) -> int:

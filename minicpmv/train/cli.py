@@ -24,6 +24,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from minicpmv.cli import command_group
 from minicpmv.errors import InputError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -172,8 +173,7 @@ def resolved_config(args: Any) -> dict[str, Any]:
 # ---- `minicpmv train ...` -----------------------------------------------------------------------------
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `train {pretrain,sft,export,merge-lora}` to the `minicpmv` command."""
-    train = subparsers.add_parser("train", help="pre-train / fine-tune (with LoRA), export checkpoints, merge LoRA")
-    sub = train.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND", required=True)
+    sub = command_group(subparsers, "train", "pre-train / fine-tune (with LoRA), export checkpoints, merge LoRA")
     for name, cls in (("pretrain", PretrainArgs), ("sft", SFTArgs)):
         p = sub.add_parser(name, help=cls.__doc__.splitlines()[0], parents=[build_parser(cls, name)], add_help=False)
         p.set_defaults(func=lambda ns, name=name, cls=cls: _run_recipe(name, cls, ns))

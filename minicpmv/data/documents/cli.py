@@ -15,21 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+from minicpmv.cli import command_group
 from minicpmv.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    _add_data_documents(_group(subparsers, "data", "make training data"))
-    _add_eval_documents(_group(subparsers, "eval", "evaluate a model"))
-
-
-def _group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
-    """The sub-command list of `minicpmv NAME`, creating `NAME` when it does not exist yet."""
-    parser = subparsers.choices.get(name)
-    if parser is None:
-        parser = subparsers.add_parser(name, help=help)
-        parser.add_subparsers(dest=f"{name}_command", metavar="KIND", required=True)
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    _add_data_documents(command_group(subparsers, "data", "make training data"))
+    _add_eval_documents(command_group(subparsers, "eval", "evaluate a model"))
 
 
 def _add_data_documents(sub: argparse._SubParsersAction) -> None:

@@ -14,13 +14,14 @@ import json
 import sys
 from pathlib import Path
 
+from minicpmv.cli import command_group
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `eval synthetic` to the `minicpmv` command."""
     from minicpmv.data.synthetic.tasks import FAMILIES
 
-    ev = subparsers.add_parser("eval", help="evaluate a model on held-out benchmarks")
-    sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    sub = command_group(subparsers, "eval", "evaluate a model on held-out benchmarks")
     p = sub.add_parser("synthetic", help="held-out accuracy per synthetic task family, short vs thinking mode")
     p.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
