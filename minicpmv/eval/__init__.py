@@ -1,0 +1,1 @@
+"""Evaluation: benchmark scorers, datasets and runners, and the VLMEvalKit / lmms-eval adapters."""
