@@ -379,9 +379,15 @@ def run_serve(args: argparse.Namespace) -> int:
 # ---- info ----
 
 def add_info_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="model size and parameters; with --image/--video, the tokens they would cost")
+    p = sub.add_parser("info", help="model size and parameters; with --image/--video/--size/--duration, the tokens "
+                                    "they would cost, next to Qwen2.5-VL's")
     _add_model_arg(p)
     _add_media_args(p)
+    p.add_argument("--size", action="append", default=[], metavar="WxH",
+                   help="an image of this size (with --duration: the frame size); repeatable; alone, no model is loaded")
+    p.add_argument("--duration", action="append", type=float, default=[], metavar="S",
+                   help="a video of S seconds (frames of --size, default 448x448); repeatable")
+    p.add_argument("--source-fps", type=float, default=30.0, help="frame rate of the --duration videos (default 30)")
     p.set_defaults(func=run_info)
 
 
@@ -411,13 +417,48 @@ def input_cost(service, images: list[str], videos: list[str], media) -> list[tup
     return rows
 
 
+def versus_qwen(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(label, value) rows: visual tokens of each --image/--video/--size/--duration input under MiniCPM-V 4.5's
+    settings (the --model folder's preprocessor_config.json, else the official one) and Qwen2.5-VL's defaults."""
+    import json
+
+    from minicpmv.config import ProcessorConfig
+    from minicpmv.eval import tokens
+
+    pre = Path(args.model or "") / "preprocessor_config.json"
+    cfg = ProcessorConfig.from_hf_dict(json.loads(pre.read_text())) if args.model and pre.is_file() else ProcessorConfig()
+    ours = tokens.OurSettings(processor=cfg, max_slice_nums=args.max_slice_nums, choose_fps=args.fps or 5.0,
+                              packing=args.packing)
+    sizes = [tokens.parse_size(s) for s in args.size]
+    items = [(f"image {p}", tokens.compare_image(*tokens.probe_image(p), ours)) for p in args.image]
+    items += [(f"video {p}", tokens.compare_video(tokens.probe_video(p), ours)) for p in args.video]
+    if args.duration:
+        items += [(f"video {d:g} s {w}x{h}", tokens.compare_video(tokens.VideoSpec.of(d, w, h, args.source_fps), ours))
+                  for d in args.duration for w, h in sizes or [(448, 448)]]
+    else:
+        items += [(f"image {w}x{h}", tokens.compare_image(w, h, ours)) for w, h in sizes]
+    if not items:
+        return []
+    slices = cfg.max_slice_nums if ours.max_slice_nums is None else ours.max_slice_nums
+    rows = [("vs Qwen2.5-VL", f"MiniCPM-V: {cfg.image_feature_size} tokens per span, <= {slices} slices, video "
+             f"{ours.choose_fps:g} fps, packing {ours.packing or 'auto'}; Qwen2.5-VL: qwen_vl_utils defaults")]
+    for label, c in items:
+        rows += [(label, f"{c.ours.visual_tokens:,} vs {c.qwen.visual_tokens:,} visual tokens, ratio {c.ratio:.3f} "
+                         f"(prompt {c.ours.prompt_tokens:,} vs {c.qwen.prompt_tokens:,})"),
+                 ("  MiniCPM-V", c.ours.detail), ("  Qwen2.5-VL", c.qwen.detail)]
+    return rows
+
+
 def run_info(args: argparse.Namespace) -> int:
     from minicpmv.inference.types import MediaOptions
 
-    service = load_service(args.model, args.tokenizer)
-    rows = [("model", service.model_name), *model_summary(service.model)]
-    media = MediaOptions(max_slice_nums=args.max_slice_nums, fps=args.fps, packing=args.packing)
-    rows += input_cost(service, args.image, args.video, media)
+    rows = []
+    if args.model or args.image or args.video or not (args.size or args.duration):
+        service = load_service(args.model, args.tokenizer)
+        rows += [("model", service.model_name), *model_summary(service.model)]
+        media = MediaOptions(max_slice_nums=args.max_slice_nums, fps=args.fps, packing=args.packing)
+        rows += input_cost(service, args.image, args.video, media)
+    rows += versus_qwen(args)
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")

@@ -156,3 +156,58 @@ def test_comparison_ratio_and_parsing():
         VideoSpec.of(0, 448, 448)
     table = tokens.markdown_table()
     assert "| 1920x1080 | 576 (598) |" in table and "| 60 min, 448p (448x448) | 11,520 (12,059) |" in table
+
+
+# ---- `minicpmv info` ----------------------------------------------------------------------------
+
+class _Service:
+    """What `info` reads from a loaded model service."""
+
+    model_name = "fake"
+
+    def __init__(self):
+        import torch
+
+        self.model = torch.nn.Linear(2, 2)
+
+    def count_tokens(self, messages, media):
+        from minicpmv.inference.types import Usage
+
+        return Usage(prompt_tokens=70, visual_tokens=64)
+
+
+def test_info_sizes_and_durations_need_no_model(monkeypatch, capsys):
+    from minicpmv import cli
+
+    def no_model(*args):
+        raise AssertionError("--size/--duration alone must not load a model")
+
+    monkeypatch.setattr(cli, "load_service", no_model)
+    assert cli.main(["info", "--size", "1920x1080", "--size", "640x480", "--max-slice-nums", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "image 1920x1080  64 vs 2,691 visual tokens, ratio 0.024" in out and "image 640x480    64 vs 391" in out
+    assert cli.main(["info", "--duration", "3600", "--duration", "10", "--source-fps", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "video 3600 s 448x448  11,520 vs 46,464 visual tokens, ratio 0.248" in out
+    assert "540 frames, packing 3, 180 groups" in out and "768 frames resized to 308x308" in out
+    assert "video 10 s 448x448    3,200 vs 2,560 visual tokens, ratio 1.250" in out
+    assert cli.main(["info", "--size", "19x"]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_info_files_with_a_model(monkeypatch, capsys, tmp_path):
+    from minicpmv import cli
+
+    monkeypatch.setattr(cli, "load_service", lambda model, tokenizer=None: _Service())
+    image = tmp_path / "a.png"
+    Image.new("RGB", (1024, 768)).save(image)
+    clip = tmp_path / "c.mp4"
+    write_video(clip, 20, 10, 64, 48)
+    assert cli.main(["info", "--image", str(image), "--video", str(clip), "--fps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "320 vs 999 visual tokens, ratio 0.320 (prompt 334 vs 1,001)" in out
+    # The clip: 2 s at 10 fps. Ours at --fps 2: 4 frames, packing 1 -> 4 * 64 = 256. Qwen: 4 frames; 64x48 rounds to
+    # 56x56 = 3,136 px < 100,352 (video min_pixels) -> beta = sqrt(100,352 / 3,072) = 5.716 -> 48 * 5.716 = 274.4
+    # -> 280 (10 * 28), 64 * 5.716 = 365.8 -> 392 (14 * 28) -> 140 tokens per 2 frames -> 280.
+    assert "256 vs 280 visual tokens, ratio 0.914" in out
+    assert "4 frames, packing 1, 4 groups" in out and "4 frames resized to 392x280" in out
