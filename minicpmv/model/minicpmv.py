@@ -219,13 +219,26 @@ class MiniCPMV(nn.Module):
 
 
 def vit_in_chunks(vpm: SiglipVisionTower, slices: list[torch.Tensor], tgt_sizes: torch.Tensor, chunk: int) -> torch.Tensor:
-    """ViT over `chunk` slices at a time -> padded features [n, L_max, D_vision] for the resampler.
+    """ViT over `chunk` slices of EQUAL patch count at a time -> padded features [n, L_max, D_vision].
 
-    Example: 48 video frames of 32x32 patches, chunk 16 -> 3 ViT calls on [16, 1024, 1152] -> [48, 1024, 1152].
+    Slices are grouped by h*w first, so no ViT call pads or masks: padded keys would cost compute and
+    a mask keeps SDPA off its fused flash kernel on CUDA. Rows >= h_i*w_i of the result are zeros
+    (the resampler reads only the valid rows). Example: an image cut into an overview of 32x24
+    patches + 6 slices of 30x26 (chunk 16) -> 2 ViT calls, [1, 768, D] and [6, 780, D], -> [7, 780, D]
+    in input order; 48 video frames of 32x32 patches -> 3 calls on [16, 1024, D] -> [48, 1024, D].
     """
-    parts = [vpm(slices[s : s + chunk], tgt_sizes[s : s + chunk]).hidden for s in range(0, len(slices), chunk)]
-    longest = max(p.shape[1] for p in parts)
-    return torch.cat([F.pad(p, (0, 0, 0, longest - p.shape[1])) for p in parts])  # [n, L_max, D_vision]
+    lengths = (tgt_sizes[:, 0] * tgt_sizes[:, 1]).tolist()
+    order = sorted(range(len(slices)), key=lambda i: -lengths[i])  # longest first, stable within a length
+    longest = lengths[order[0]]
+    parts, start = [], 0
+    while start < len(order):
+        same = [i for i in order[start:start + chunk] if lengths[i] == lengths[order[start]]]  # one patch count
+        hidden = vpm([slices[i] for i in same], tgt_sizes[same]).hidden  # [len(same), h*w, D_vision]
+        parts.append(F.pad(hidden, (0, 0, 0, longest - hidden.shape[1])))  # [len(same), L_max, D_vision]
+        start += len(same)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))  # sorted position of each input slice
+    return torch.cat(parts)[inverse.to(parts[0].device)]  # [n, L_max, D_vision], input order
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
