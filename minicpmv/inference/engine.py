@@ -255,6 +255,20 @@ def _completion(seq: _Sequence) -> Completion:
 # ---- the engine -----------------------------------------------------------------------------------
 
 
+def decode_logits(model, last: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+    """One decode step written for `torch.compile`: logits float32[B, V] after feeding last int64[B].
+
+    The same maths as `model(last[:, None], attention_mask=..., cache=cache)` in `Engine._decode`,
+    without its data-dependent branches (so the whole step is one graph): positions int64[B, 1] are
+    the counts of real tokens before the new one (left padding aware), and `mask` is the ready boolean
+    key mask [B, 1, 1, S] (None when no key is padding). Example: row mask [0, 1, 1, 1] (one left pad,
+    the last column is the new token) -> position 2, the padded key masked out.
+    """
+    embeds = model.llm.embed(last[:, None])  # [B, 1, D]
+    hidden = model.llm(embeds, position_ids=positions, attention_mask=mask, cache=cache)  # [B, 1, D]
+    return model.llm.logits(hidden[:, -1]).float()  # [B, V]
+
+
 class Engine:
     """Batched prefill + incremental decode over a preallocated KV cache, with dynamic batching.
 
@@ -263,9 +277,16 @@ class Engine:
     Not thread-safe: one thread calls `add_request` / `cancel` / `step` (see `EngineLoop`).
     """
 
-    def __init__(self, model, tokenizer, *, vision_cache: VisionCache | None = None, max_batch_size: int = 32):
+    def __init__(self, model, tokenizer, *, vision_cache: VisionCache | None = None, max_batch_size: int = 32,
+                 compile_decode: bool = False, compile_backend: str = "inductor"):
+        """compile_decode: run the decode step through `torch.compile` (`decode_logits`, whole graph,
+        dynamic shapes; off by default: the first steps pay the compile, tens of seconds on a CPU).
+        compile_backend: the torch.compile backend ('inductor'; 'aot_eager' traces without codegen)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._compiled_decode = None
+        if compile_decode:
+            self._compiled_decode = torch.compile(decode_logits, dynamic=True, fullgraph=True, backend=compile_backend)
         self.model, self.tokenizer = model, tokenizer
         self.vision_cache = vision_cache
         self.max_batch_size = max_batch_size
@@ -361,7 +382,12 @@ class Engine:
         """Feed each row's last token: logits float32[B, V] for the next position."""
         t = self._cache.length
         self._mask[:, t] = 1
-        out = self.model(self._last[:, None], attention_mask=self._mask[:, : t + 1], cache=self._cache, num_logits_to_keep=1)
+        mask = self._mask[:, : t + 1]  # [B, S]
+        if self._compiled_decode is not None:
+            # No padded key in the batch (e.g. batch 1): no mask, so SDPA may pick its flash kernel.
+            padded = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # [B, 1, 1, S]
+            return self._compiled_decode(self.model, self._last, mask.sum(-1, keepdim=True) - 1, padded, self._cache)
+        out = self.model(self._last[:, None], attention_mask=mask, cache=self._cache, num_logits_to_keep=1)
         return out.logits[:, -1].float()  # [B, V]
 
     def _prefill_and_merge(self, lives: list[_Live]) -> torch.Tensor:
