@@ -37,7 +37,8 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
     "data": ("build training data: corrupted document pages, RLAIF-V preference pairs",
              ["minicpmv.data.documents.cli:register", "minicpmv.rl.cli:register"]),
     "eval": ("evaluate a model: synthetic task suite, document recovery",
-             ["minicpmv.data.synthetic.cli:register", "minicpmv.data.documents.cli:register"]),
+             ["minicpmv.data.synthetic.cli:register", "minicpmv.data.documents.cli:register",
+              "minicpmv.eval.cli:register"]),
 }
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
