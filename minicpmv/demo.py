@@ -66,8 +66,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     return tok
 
 
-def init_model_dir(out_dir: str | Path, texts: Iterable[str], seed: int = 0, vocab_size: int = 1024) -> Path:
-    """Write tokenizer.json, preprocessor_config.json, config.json and random float32 weights to `out_dir`."""
+def init_model_dir(out_dir: str | Path, texts: Iterable[str], seed: int = 0, vocab_size: int = 1024,
+                   init: str = "fan_in") -> Path:
+    """Write tokenizer.json, preprocessor_config.json, config.json and random float32 weights to `out_dir`.
+
+    init "fan_in" (N(0, 1/fan_in) matrices, see `weights.init_random_`): with the checkpoints' N(0, 0.02)
+    a model this narrow learns the text prior and leaves its visual tokens constant."""
     from minicpmv.model.minicpmv import MiniCPMV
     from minicpmv.processor.tokenizer import Tokenizer
 
@@ -77,5 +81,5 @@ def init_model_dir(out_dir: str | Path, texts: Iterable[str], seed: int = 0, voc
     tok = Tokenizer.from_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(demo_processor_config().to_hf_dict(), indent=2) + "\n")
     config = demo_config(tok.vocab_size, bos_token_id=tok.pad_id, eos_token_id=tok.im_end_id)
-    MiniCPMV.from_config(config, seed=seed).save_pretrained(out)
+    MiniCPMV.from_config(config, seed=seed, init=init).save_pretrained(out)
     return out

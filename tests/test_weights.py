@@ -150,3 +150,21 @@ def test_each_tampering_alone_is_rejected(tiny, tmp_path, problem):
     save_file(tensors, shard, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
         MiniCPMV.from_pretrained(tmp_path)
+
+
+def test_fan_in_init_scales_matrices_by_their_inputs():
+    model = MiniCPMV.from_config("tiny", seed=0, init="fan_in")
+    params = dict(model.named_parameters())
+    q = params["llm.model.layers.0.self_attn.q_proj.weight"]  # [out, in]
+    assert q.std().item() == pytest.approx(q.shape[1] ** -0.5, rel=0.1)
+    patch = params["vpm.embeddings.patch_embedding.weight"]  # [out, 3, p, p]
+    assert patch.std().item() == pytest.approx(patch[0].numel() ** -0.5, rel=0.1)
+    proj = params["resampler.proj"]  # [in, out]
+    assert proj.std().item() == pytest.approx(proj.shape[0] ** -0.5, rel=0.1)
+    for name in ("llm.model.embed_tokens.weight", "resampler.query"):  # tables keep N(0, 0.02)
+        assert params[name].std().item() == pytest.approx(0.02, rel=0.1)
+    assert params["llm.model.norm.weight"].eq(1).all() and params["vpm.encoder.layers.0.self_attn.q_proj.bias"].eq(0).all()
+    normal = dict(MiniCPMV.from_config("tiny", seed=0).named_parameters())
+    assert normal["llm.model.layers.0.self_attn.q_proj.weight"].std().item() == pytest.approx(0.02, rel=0.1)
+    with pytest.raises(ValueError, match="init scheme"):
+        MiniCPMV.from_config("tiny", init="xavier")

@@ -56,9 +56,10 @@ class MiniCPMV(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: ModelConfig | str, dtype: torch.dtype | None = None, device=None, seed: int = 0
+        cls, config: ModelConfig | str, dtype: torch.dtype | None = None, device=None, seed: int = 0,
+        init: str = "normal",
     ) -> "MiniCPMV":
-        """A randomly initialised model (`weights.init_random_`) from a config or a PRESETS name."""
+        """A randomly initialised model (`weights.init_random_`, scheme `init`) from a config or a PRESETS name."""
         if isinstance(config, str):
             if config not in PRESETS:
                 raise KeyError(f"unknown preset {config!r}; known: {sorted(PRESETS)}")
@@ -66,7 +67,7 @@ class MiniCPMV(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model = model.to(dtype=dtype or torch.float32).to_empty(device=device or "cpu")
-        weights.init_random_(model, seed)
+        weights.init_random_(model, seed, scheme=init)
         model.reset_buffers()
         return model.eval()
 
