@@ -397,3 +397,9 @@ def test_srt_parsing_and_frame_subtitles():
     assert datasets.subtitles_at(abc, [2.0]) == ["b"]
     with pytest.raises(InputError, match="cue 1: bad time"):
         datasets.parse_srt("1\nsoon --> later\nhi\n", "x.srt")
+
+
+def test_an_empty_file_is_refused(demo, tmp_path):
+    empty = write_tsv(tmp_path / "e.tsv", ["index", "image", "question", "answer"], [])
+    with pytest.raises(InputError, match="holds no questions"):
+        run("VQA", empty, demo, tmp_path / "out")

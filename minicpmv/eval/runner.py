@@ -257,6 +257,8 @@ def evaluate(benchmark: str, data: str | Path, model, processor, out_dir: str | 
     runner = RUNNERS[spec.kind]()
     data = Path(data)
     questions = runner.load(data, settings)[:limit]
+    if not questions:
+        raise InputError(f"{data}: the file holds no questions (a header and no rows?)")
     name = f"{_safe(benchmark)}_{'think' if settings.thinking else 'nothink'}{'_subs' if subtitles else ''}"
     identity = {"model": model_name or str(model.config.name_or_path or "unnamed"), "data": str(data.resolve())}
     return run_benchmark(runner, questions, model, processor, settings, Path(out_dir), name, identity,
