@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -34,6 +34,7 @@ from minicpmv.eval.prompts import (Prompt, RunSettings, build_mcq_prompt, build_
                                    build_yes_no_prompt, official_settings, resolve_benchmark, row_rng, upsize_image)
 
 CIRCULAR_STRIDE = 1_000_000  # VLMEvalKit CircularEval: copy k of question i has index i + k * 1e6
+Scored = tuple[str | None, float]  # (what was read from the answer: letter / Yes / No / None, score 0..1)
 
 
 @dataclass
@@ -89,16 +90,17 @@ class McqRunner:
         return datasets.read_tsv(path, "mcq")
 
     def content(self, q: datasets.ImageQuestion, settings: RunSettings, rng: random.Random) -> list[Any]:
-        return _with_media(build_mcq_prompt(q.question, q.options, q.hint, settings.cot_prompt), _images(q, settings, rng))
+        prompt = build_mcq_prompt(q.question, q.options, q.hint, settings.cot_prompt)
+        return _with_media(prompt, _images(q, settings, rng))
 
-    def score(self, q: datasets.ImageQuestion, prediction: str, settings: RunSettings) -> tuple[str | None, float]:
+    def score(self, q: datasets.ImageQuestion, prediction: str, settings: RunSettings) -> Scored:
         letter = scorers.extract_choice(prediction, q.options)
         return letter, float(letter == q.answers[0])
 
-    def summarize(self, done: Sequence[tuple[datasets.ImageQuestion, RowResult]], settings: RunSettings) -> dict[str, float]:
+    def summarize(self, done: Sequence[tuple[Any, RowResult]], settings: RunSettings) -> dict[str, float]:
         """Accuracy overall and per category (when there are several); with circular sets a question counts
         only when all its rotations are right, and the per-row accuracy is added."""
-        def accuracy(rows: Sequence[tuple[datasets.ImageQuestion, RowResult]]) -> float:
+        def accuracy(rows: Sequence[tuple[Any, RowResult]]) -> float:
             if settings.circular:
                 return scorers.all_correct_rate((_circular_group(q.id), r.score == 1.0) for q, r in rows)
             return scorers.accuracy_by(("", r.score) for _, r in rows)["Overall"]
@@ -139,11 +141,11 @@ class YesNoRunner:
         prompt = build_yes_no_prompt(q.question, settings.cot_prompt, settings.yes_no_suffix)
         return _with_media(prompt, _images(q, settings, rng))
 
-    def score(self, q: datasets.ImageQuestion, prediction: str, settings: RunSettings) -> tuple[str | None, float]:
+    def score(self, q: datasets.ImageQuestion, prediction: str, settings: RunSettings) -> Scored:
         said = scorers.normalize_yes_no(prediction)
         return (None if said == "Unknown" else said), float(said == _YES_NO_TRUTH[q.answers[0].strip().lower()])
 
-    def summarize(self, done: Sequence[tuple[datasets.ImageQuestion, RowResult]], settings: RunSettings) -> dict[str, float]:
+    def summarize(self, done: Sequence[tuple[Any, RowResult]], settings: RunSettings) -> dict[str, float]:
         if settings.metric != "hallusion":
             per_category = scorers.accuracy_by((q.category or "-", r.score) for q, r in done)
             overall = per_category.pop("Overall")
@@ -178,7 +180,7 @@ class VqaRunner:
         prompt = build_vqa_prompt(q.question, settings.cot_prompt, ocrbench=settings.metric == "ocrbench")
         return _with_media(prompt, _images(q, settings, rng))
 
-    def score(self, q: datasets.ImageQuestion, prediction: str, settings: RunSettings) -> tuple[str | None, float]:
+    def score(self, q: datasets.ImageQuestion, prediction: str, settings: RunSettings) -> Scored:
         if settings.metric == "ocrbench":  # OCRBench is matched anywhere in the reply, reasoning included
             return None, float(scorers.ocrbench_hit(prediction, q.answers, q.category))
         answer = scorers.final_answer(prediction) if settings.cot_prompt else prediction.strip()
@@ -187,7 +189,7 @@ class VqaRunner:
         }[settings.metric]
         return None, metric(answer, q.answers)
 
-    def summarize(self, done: Sequence[tuple[datasets.ImageQuestion, RowResult]], settings: RunSettings) -> dict[str, float]:
+    def summarize(self, done: Sequence[tuple[Any, RowResult]], settings: RunSettings) -> dict[str, float]:
         if settings.metric == "ocrbench":
             return scorers.ocrbench_summary((q.category, r.score == 1.0) for q, r in done)
         per_category = scorers.accuracy_by((q.category or "-", r.score) for q, r in done)
@@ -220,11 +222,11 @@ class VideoQaRunner:
         video = Video(frames=decoded.frames, temporal_ids=decoded.temporal_ids)
         return _with_media(build_video_mcq_prompt(q.question, q.options, subtitles), [video])
 
-    def score(self, q: datasets.VideoQuestion, prediction: str, settings: RunSettings) -> tuple[str | None, float]:
+    def score(self, q: datasets.VideoQuestion, prediction: str, settings: RunSettings) -> Scored:
         letter = scorers.extract_choice(prediction, q.options)
         return letter, float(letter == q.answer)
 
-    def summarize(self, done: Sequence[tuple[datasets.VideoQuestion, RowResult]], settings: RunSettings) -> dict[str, float]:
+    def summarize(self, done: Sequence[tuple[Any, RowResult]], settings: RunSettings) -> dict[str, float]:
         per_bucket = scorers.accuracy_by((q.duration, r.score) for q, r in done)
         overall = per_bucket.pop("Overall")
         return {"Overall": overall, **per_bucket}
@@ -432,7 +434,8 @@ def format_value(value: float) -> str:
 def markdown_table(report: RunReport) -> str:
     """The final table: a title line (benchmark, mode, rows) and one row per metric, then counts."""
     s = report.settings
-    mode = "thinking" if s.thinking else f"no thinking, {'beam search ' + str(s.sampling.num_beams) if s.sampling.num_beams > 1 else 'greedy'}"
+    beams = s.sampling.num_beams
+    mode = "thinking" if s.thinking else "no thinking, " + (f"beam search {beams}" if beams > 1 else "greedy")
     title = f"**{report.name}**: {s.benchmark} ({s.metric}), {mode}, {report.rows} questions"
     rows = [f"| {k} | {format_value(v)} |" for k, v in report.metrics.items()]
     rows += [f"| unparsed answers | {report.unparsed} |"] if s.kind != "vqa" else []
