@@ -36,7 +36,7 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
               ["minicpmv.train.cli:register", "minicpmv.rl.cli:register"]),
     "data": ("build training data: corrupted document pages, RLAIF-V preference pairs",
              ["minicpmv.data.documents.cli:register", "minicpmv.rl.cli:register"]),
-    "eval": ("evaluate a model: synthetic task suite, document recovery",
+    "eval": ("evaluate a model: standard benchmarks, synthetic task suite, document recovery",
              ["minicpmv.data.synthetic.cli:register", "minicpmv.data.documents.cli:register",
               "minicpmv.eval.cli:register"]),
 }
