@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from minicpmv.data.synthetic.suite import iter_split
 from minicpmv.data.synthetic.tasks import FAMILIES
@@ -48,18 +48,20 @@ def messages_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
 
 def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_family: int = 25,
              modes: Sequence[str] = MODES, seed: int = 0, split: str = "test",
-             max_new_tokens: tuple[int, int] = (16, 64), latency_samples: int = 2) -> list[FamilyScore]:
+             max_new_tokens: tuple[int, int] = (16, 64), latency_samples: int = 2,
+             transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[FamilyScore]:
     """Scores per (family, mode) on the first `per_family` samples of `split`, all requests in flight
     together (greedy, so batching does not change the answers); latency is then timed one request at
     a time on the first `latency_samples` samples of each family.
-    max_new_tokens: (short, long) generation budgets."""
+    max_new_tokens: (short, long) generation budgets. transform: applied to every test sample first (e.g.
+    re-grouping video frames for the packing ablation, recipes/packing_ablation.py)."""
     from minicpmv.chat import ChatService
     from minicpmv.inference.types import SamplingParams
 
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
-    samples = list(iter_split(families, split, per_family, seed))
+    samples = [transform(s) if transform else s for s in iter_split(families, split, per_family, seed)]
     service = ChatService(model, processor, max_batch_size=32)
     tally: dict[tuple[str, str], list[tuple[bool, int]]] = {}
     latency: dict[tuple[str, str], list[float]] = {}
