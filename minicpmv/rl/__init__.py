@@ -4,7 +4,8 @@ RLPR rewards, then RLAIF-V preference pairs and DPO.
     rewards   one pure function per reward term, the router and the group scorer
     grpo      modes per prompt, group advantages, the clipped policy loss, the policy update
     rollout   prompts, batched rollouts through the inference engine, teacher-forced log-probs,
-              RLPR scoring, greedy evaluation per mode (and how vLLM rollouts would be wired)
+              RLPR scoring, greedy evaluation per mode
+    vllm_rollout  the same rollouts from vLLM serving the current policy (CUDA + vLLM only)
     dpo       DPO loss and pair log-probs; RLAIF-V claims -> questions -> judge -> pairs
     cli       `minicpmv train rl`, `minicpmv train dpo`, `minicpmv data rlaifv`
 

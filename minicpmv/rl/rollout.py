@@ -12,14 +12,8 @@ and its cache row repeated `n` times, and every row decodes in one batch. A sequ
 with a stop id gets `<|im_end|>` appended to its token ids (the engine drops stop ids), so the
 policy is also trained on ending its turn; a stop on `<|endoftext|>` is recorded as `<|im_end|>`.
 
-vLLM rollouts (issue 7, item 4; not implemented or tested here, there is no GPU and no vLLM on
-this machine): on a CUDA machine with vLLM installed the same `Rollout`s could come from vLLM
-serving the current weights. The wiring is: after each optimizer step (or every k steps) write
-the policy with `model.save_pretrained(folder)` plus `train.checkpoint.copy_model_files` (the
-official format, which vLLM's `minicpmv` model loads with `trust_remote_code=True`), then reload
-the weights in the running `vllm.LLM` (in-place weight update, or a restart for a new folder),
-generate with `SamplingParams(n=group_size, temperature=1.0, max_tokens=...)` on the same
-prompt ids and images, and build `Rollout`s from the returned token ids. Log-probs would still be
+vLLM rollouts (issue 7, item 4): `minicpmv.rl.vllm_rollout` makes the same `Rollout`s with vLLM
+serving the current weights (`--rollout-backend vllm`, CUDA + vLLM only); log-probs are still
 recomputed here by teacher forcing, so the loss never depends on the generator's numerics.
 """
 
@@ -107,6 +101,7 @@ class Rollout:
     text: str  # decoded response, without the template prefill
     finish_reason: str  # 'stop' | 'length'
     group: int
+    sampler_logprobs: list[float] | None = None  # the generator's log-probs of response_ids[:k] (vLLM), else None
 
     @property
     def assistant_text(self) -> str:
