@@ -1,4 +1,5 @@
-"""Hybrid short/long GRPO for MiniCPM-V 4.5 (training spec §5.3-5.5), rollouts from our batched engine.
+"""Hybrid short/long GRPO for MiniCPM-V 4.5 (training spec §5.3-5.5), rollouts from our batched engine
+(or, on CUDA with vLLM installed, from vLLM serving the current weights: --rollout-backend vllm, docs/rl.md).
 
     python recipes/rl.py --model runs/sft/model --data rl.jsonl --eval-data heldout.jsonl
     torchrun --nproc-per-node 8 recipes/rl.py --config configs/rl.toml
@@ -76,6 +77,7 @@ def main(args: RLArgs) -> dict:
     rng = random.Random(args.seed * 100_003 + env.rank)
     amp = loop.autocast_dtype(args.precision, env.device)
     eval_tokens = args.eval_max_new_tokens or args.max_new_tokens
+    vllm = start_vllm(args, processor, processor_dir, model, env)  # None = rollouts from `engine`
 
     # 5. resume
     start, state = checkpoint.resume(args.out_dir, args.resume, model, optimizer, scheduler, env)
@@ -94,8 +96,10 @@ def main(args: RLArgs) -> dict:
         t0 = time.perf_counter()
         batch = [prompts[rng.randrange(len(prompts))] for _ in range(args.prompts_per_step)]
         modes = draw_modes(len(batch), args.long_share, rng)
-        row, tokens = grpo_step(args, model, reference, policy, optimizer, engine, processor, batch, modes, grpo,
-                                reward_cfg, reward_model, std_filter, rng, amp)
+        if vllm is not None:
+            vllm.refresh(model, step)
+        row, tokens = grpo_step(args, model, reference, policy, optimizer, vllm or engine, processor, batch, modes,
+                                grpo, reward_cfg, reward_model, std_filter, rng, amp)
         scheduler.step()
         generated += tokens
         row.update({"lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
@@ -109,6 +113,8 @@ def main(args: RLArgs) -> dict:
             last = checkpoint.save(args.out_dir, step + 1, model, optimizer, scheduler, state, config, env,
                                    args.keep_checkpoints)
     metrics.close()
+    if vllm is not None:
+        vllm.close()
 
     # 7. outputs: official-format export, curves, summary (rank 0; others wait)
     result = {"steps": args.steps - start, "generated_tokens": generated, "seconds": time.perf_counter() - began,
@@ -122,15 +128,32 @@ def main(args: RLArgs) -> dict:
     return result
 
 
-def grpo_step(args, model, reference, policy, optimizer, engine, processor, batch, modes, grpo, reward_cfg,
+def start_vllm(args, processor, processor_dir, model, env):
+    """The vLLM rollout server for --rollout-backend vllm (InputError without CUDA or vllm), else None."""
+    if args.rollout_backend == "engine":
+        return None
+    if args.rollout_backend != "vllm":
+        raise InputError(f"--rollout-backend {args.rollout_backend!r}; use engine or vllm")
+    from minicpmv.rl.vllm_rollout import VLLMRollouts, VLLMSettings
+
+    settings = VLLMSettings(str(Path(args.out_dir) / "vllm_policy"), args.vllm_gpu_memory_utilization,
+                            args.vllm_refresh_every, args.vllm_max_model_len, args.vllm_max_images, seed=args.seed)
+    return VLLMRollouts(settings, processor, processor_dir, model.config, env.is_main, distributed.barrier)
+
+
+def grpo_step(args, model, reference, policy, optimizer, generator, processor, batch, modes, grpo, reward_cfg,
               reward_model, std_filter, rng, amp) -> tuple[dict, int]:
-    """Rollouts -> rewards -> (std filter) -> advantages -> old log-probs -> update; (metrics row, tokens)."""
+    """Rollouts (from our `Engine` or a `VLLMRollouts`) -> rewards -> (std filter) -> advantages -> old
+    log-probs -> update; (metrics row, tokens)."""
     t0 = time.perf_counter()
     encoded = [encode_prompt(processor, p, m, args.max_slice_nums) for p, m in zip(batch, modes)]
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0, top_k=0,
                             n=args.group_size, seed=rng.randrange(2**31))
     model.eval()
-    rollouts = generate_rollouts(engine, encoded, modes, params)
+    if isinstance(generator, Engine):
+        rollouts = generate_rollouts(generator, encoded, modes, params)
+    else:
+        rollouts = generator.generate(batch, encoded, modes, params, args.max_slice_nums)
     t_rollout = time.perf_counter() - t0
 
     parts = group_rewards(model, processor, rollouts, batch, modes, args.group_size, reward_cfg, reward_model)
@@ -150,7 +173,9 @@ def grpo_step(args, model, reference, policy, optimizer, engine, processor, batc
 
     flat = [p for group in parts for p in group]
     lengths = [len(r.response_ids) for r in rollouts]
-    row = {**gathered_mode_stats(modes, args.group_size, flat, lengths), **update, "reward": float(totals.mean()),
+    sampler = {} if isinstance(generator, Engine) else generator.stats(rollouts, old)  # vLLM vs teacher forcing
+    row = {**gathered_mode_stats(modes, args.group_size, flat, lengths), **update, **sampler,
+           "reward": float(totals.mean()),
            "kept_groups": sum(keep), "rollout_s": t_rollout, "update_s": t_update,
            "rollout_tokens_per_s": sum(lengths) / max(t_rollout, 1e-9)}
     return row, sum(lengths)

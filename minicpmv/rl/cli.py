@@ -41,6 +41,11 @@ class RLArgs:
     max_new_tokens: int = 8192  # response length limit
     temperature: float = 1.0  # rollout temperature (top-p 1, top-k off)
     rollout_batch_size: int = 0  # engine rows decoding at once (0 = every rollout of the step)
+    rollout_backend: str = "engine"  # engine (our batched engine) | vllm (CUDA + vllm; docs/rl.md)
+    vllm_gpu_memory_utilization: float = 0.3  # share of the GPU vLLM takes (the policy trains on the same GPU)
+    vllm_refresh_every: int = 1  # steps between vLLM weight refreshes (1 = on-policy)
+    vllm_max_model_len: int = 0  # longest prompt + response vLLM plans for (0 = the model's max positions)
+    vllm_max_images: int = 8  # images per prompt vLLM reserves room for
     # loss
     clip_low: float = 0.2  # ratio floor 1 - clip_low
     clip_high: float = 0.27  # ratio ceiling 1 + clip_high
