@@ -255,7 +255,8 @@ def _completion(seq: _Sequence) -> Completion:
 # ---- the engine -----------------------------------------------------------------------------------
 
 
-def decode_logits(model, last: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+def decode_logits(model, last: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                  cache: KVCache) -> torch.Tensor:
     """One decode step written for `torch.compile`: logits float32[B, V] after feeding last int64[B].
 
     The same maths as `model(last[:, None], attention_mask=..., cache=cache)` in `Engine._decode`,
