@@ -8,15 +8,18 @@ import random
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from minicpmv.data.datasets import SFTDataset
+from minicpmv.data.documents.corruption import LEVELS, CorruptionConfig, padded_box
+from minicpmv.data.documents.samples import box_to_1000
 from minicpmv.data.synthetic import FAMILIES, corpus, make, sample_seed, with_mode, write_split
+from minicpmv.data.synthetic.draw import COLORS, _font, font_files
 from minicpmv.data.synthetic.evaluate import normalize
-from minicpmv.data.synthetic.suite import regroup
-from minicpmv.data.synthetic.tasks import flash_pattern
-from minicpmv.demo import demo_config, demo_processor_config, train_tokenizer
+from minicpmv.data.synthetic.suite import IMAGE_FAMILIES, VIDEO_FAMILIES, regroup
+from minicpmv.data.synthetic.tasks import DOC_MAX_WORDS, IMAGE_SIDE, doc_page, flash_pattern, line_xs
+from minicpmv.demo import DEMO_DIR, demo_config, demo_processor_config, train_tokenizer
 from minicpmv.processor.processor import Processor
 from minicpmv.processor.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -77,8 +80,6 @@ def test_video_flash_count_and_first_appearance_match_the_frames():
         frames = [np.asarray(f).astype(int) for f in first["video"]["frames"]]
         appear = next(t for t in range(len(frames)) if _ink(first["video"]["frames"][t]).any())
         color = frames[appear][_ink(first["video"]["frames"][appear])].mean(0)
-        from minicpmv.data.synthetic.draw import COLORS
-
         nearest = min(COLORS, key=lambda c: np.abs(np.array(COLORS[c]) - color).sum())
         assert first["answer"].startswith(nearest)
 
@@ -110,6 +111,103 @@ def test_long_mode_wraps_the_trace_and_regroup_keeps_frames():
     assert normalize(' "Red." ') == "red"
 
 
+def test_every_family_is_registered_as_image_or_video():
+    assert sorted(IMAGE_FAMILIES + VIDEO_FAMILIES) == sorted(FAMILIES)
+    assert all(("video" in make(f, "val", 0)) == (f in VIDEO_FAMILIES) for f in FAMILIES)
+
+
+def test_line_answer_matches_the_drawn_points():
+    kinds = set()
+    for i in range(24):
+        s = make("line", "train", i)
+        labels = "ABCDE"[: s["caption"].count(",") + 1]
+        ink = _ink(s["image"])
+        # the top of the ink around each point's x: its dot (the values differ by >= 16 px per step)
+        tops = {l: np.argwhere(ink[:, x - 1:x + 2])[:, 0].min() for l, x in zip(labels, line_xs(len(labels)))}
+        q = s["question"]
+        if "highest" in q or "lowest" in q:
+            kinds.add("highest" if "highest" in q else "lowest")
+            pick = min if "highest" in q else max  # image rows grow downwards
+            assert pick(tops, key=tops.get) == s["answer"], (i, q, tops)
+        else:
+            kinds.add("up/down")
+            a, b = q.removeprefix("Does the line go up or down from ").rstrip("?").split(" to ")
+            assert ("up" if tops[b] < tops[a] else "down") == s["answer"], (i, q, tops)
+        values = {item.split()[0]: int(item.split()[1]) for item in s["caption"].removeprefix("line chart: ").split(", ")}
+        assert sorted(tops, key=tops.get) == sorted(values, key=values.get, reverse=True)  # the caption's values
+    assert kinds == {"highest", "lowest", "up/down"}
+
+
+def _centre_x(frame: Image.Image, color: tuple[int, int, int]) -> float:
+    return np.argwhere((np.asarray(frame) == color).all(-1))[:, 1].mean()
+
+
+def test_vid_speed_answer_is_the_shape_that_moves_further():
+    for i in range(12):
+        s = make("vid_speed", "train", i)
+        names = s["question"].removeprefix("Which moves faster, the ").rstrip("?").split(" or the ")
+        frames = s["video"]["frames"]
+        moved = {n: _centre_x(frames[-1], COLORS[n.split()[0]]) - _centre_x(frames[0], COLORS[n.split()[0]])
+                 for n in names}
+        fast, slow = sorted(names, key=moved.get, reverse=True)
+        assert s["answer"] == fast and moved[slow] > 0 and moved[fast] >= 2 * moved[slow], (i, moved)
+
+
+def _glyph(mask: np.ndarray) -> np.ndarray:
+    """Ink mask cropped to its bounding box and resized to 24 x 32: compares glyphs of any size and place."""
+    ys, xs = np.nonzero(mask)
+    crop = Image.fromarray(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8) * 255)
+    return np.asarray(crop.resize((24, 32), Image.BILINEAR)) > 127
+
+
+def test_vid_at_answer_is_the_digit_drawn_in_the_frame_at_that_time():
+    templates = []  # every digit in every font the suite draws with
+    for path in font_files() or ("",):
+        for digit in range(10):
+            img = Image.new("L", (128, 128), 255)
+            ImageDraw.Draw(img).text((64, 64), str(digit), font=_font(path, 64), fill=0, anchor="mm")
+            templates.append((digit, _glyph(np.asarray(img) < 128)))
+    for i in range(8):
+        s = make("vid_at", "test", i)
+        seconds = float(s["question"].removeprefix("What digit is shown at ").removesuffix(" s?"))
+        ids = [t for group in s["video"]["temporal_ids"] for t in group]  # 0.1 s units
+        frame = s["video"]["frames"][ids.index(round(seconds * 10))]
+        glyph = _glyph(np.asarray(frame.convert("RGB")).max(-1) < 130)  # the digit is dark, backgrounds light
+        read = max(templates, key=lambda t: (t[1] == glyph).mean())[0]
+        assert str(read) == s["answer"], (i, seconds, read, s["caption"])
+        digits = s["caption"].removeprefix("the digits ").removesuffix(", one per frame").split(", ")
+        assert len(set(digits)) == len(digits) == len(ids)  # distinct: the time alone decides the answer
+
+
+def test_doc_corrupts_only_the_target_box_and_asks_for_its_text():
+    levels = set()
+    for i in range(16):
+        s = make("doc", "train", i)
+        clean = doc_page(random.Random(sample_seed(0, "train", "doc", i)))  # make_doc draws its page first
+        changed = (np.asarray(s["image"]) != np.asarray(clean.image)).any(-1)  # [192, 192]
+        x1, y1, x2, y2 = padded_box(tuple(s["box"]), CorruptionConfig().pad, IMAGE_SIDE, IMAGE_SIDE)
+        inside = np.zeros_like(changed)
+        inside[y1:y2, x1:x2] = True
+        assert changed.any() and not (changed & ~inside).any(), (i, s["level"])
+        target = next(r for r in clean.of_kind("line") if list(r.box) == s["box"])
+        assert s["answer"] == target.text and 1 <= len(target.text.split()) <= DOC_MAX_WORDS
+        assert "<box>{} {} {} {}</box>".format(*box_to_1000(target.box, IMAGE_SIDE, IMAGE_SIDE)) in s["question"]
+        if s["level"] == "high":  # masked: the box is the paper colour plus faint noise, no glyph left
+            assert np.asarray(s["image"])[y1:y2, x1:x2].std((0, 1)).max() < 6
+        levels.add(s["level"])
+    assert levels == set(LEVELS)
+
+
+def test_shipped_tokenizer_round_trips_every_family():
+    # New words are learnt at the next tokenizer training (corpus covers every family); until then the
+    # shipped byte-level tokenizer must still encode them losslessly.
+    tok = Tokenizer.from_pretrained(DEMO_DIR)
+    for family in FAMILIES:
+        s = make(family, "test", 0)
+        for text in (s["question"], with_mode(s, "long")["conversations"][1]["content"], s["caption"]):
+            assert tok.decode(tok.encode(text), skip_special_tokens=False) == text, (family, text)
+
+
 @pytest.fixture(scope="module")
 def processor() -> Processor:
     tok = Tokenizer(train_tokenizer(corpus(10), vocab_size=600))
@@ -135,6 +233,7 @@ def test_written_split_loads_in_the_training_dataset(tmp_path, processor):
     spans = {records[i]["family"]: len(ds.encode(i).image_bounds) for i in range(len(records))}
     assert spans["count"] == 1 and spans["vid_dir"] == 2  # one 192-px image; 6 frames packed 3 per span
     assert {r.get("mode") for r in records} == {"short", "long"}
+    assert all(r["level"] in LEVELS for r in records if r["family"] == "doc")
     cap = write_split(tmp_path, ["ocr"], "val", 1, form="caption", packing=1)
     assert json.loads(cap.read_text())["conversations"][1]["content"] == make("ocr", "val", 0)["caption"]
 

@@ -2,8 +2,10 @@
 
 Families (`tasks.FAMILIES`): OCR of rendered words and numbers, counting shapes, naming colours and
 shapes, the tallest bar of a bar chart, the sum of two drawn numbers (with a worked `<think>` trace for
-the long mode), and three short videos made frame by frame: direction of a moving shape, which shape
-appeared first, how many times a light flashed.
+the long mode), the highest / lowest point or up / down step of a line chart, the original text of a
+corrupted line on a small document page (the document engine's page and corruption, three levels),
+and five short videos made frame by frame: direction of a moving shape, which shape appeared first,
+how many times a light flashed, which of two shapes moves faster, which digit is shown at time t.
 
     >>> from minicpmv.data.synthetic import make
     >>> make("count", "test", 0)["answer"]          # doctest: +SKIP

@@ -17,8 +17,8 @@ from typing import Any, Iterator, Sequence
 from minicpmv.data.synthetic.tasks import FAMILIES, with_mode
 
 SPLITS = ("train", "val", "test")
-IMAGE_FAMILIES = ("ocr", "count", "color", "chart", "arith")
-VIDEO_FAMILIES = ("vid_dir", "vid_first", "vid_count")
+IMAGE_FAMILIES = ("ocr", "count", "color", "chart", "arith", "line", "doc")
+VIDEO_FAMILIES = ("vid_dir", "vid_first", "vid_count", "vid_speed", "vid_at")
 CAPTION_PROMPTS = ("Describe the image.", "Describe the video.")
 
 
