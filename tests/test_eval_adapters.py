@@ -85,6 +85,14 @@ def test_vlmeval_single_image_text_and_two_images_match_official_chat(vlm, demo,
     assert two == official_chat(demo, [Image.open(red), Image.open(blue), "Are the circles the same colour?"])
     text = vlm.generate_inner([dict(type="text", value="Say hello.")])
     assert text == official_chat(demo, ["Say hello."])
+    model, processor = demo  # multi-turn (VLMEvalKit's chat -> chat_inner) against the official chat() on the same turns
+    turns = [dict(role="user", content=[dict(type="image", value=red), dict(type="text", value="What is it?")]),
+             dict(role="assistant", content=[dict(type="text", value="A circle.")]),
+             dict(role="user", content=[dict(type="text", value="What colour?")])]
+    reference = chat(model, msgs=[{"role": "user", "content": [Image.open(red), "What is it?"]},
+                                  {"role": "assistant", "content": "A circle."}, {"role": "user", "content": "What colour?"}],
+                     processor=processor, sampling=False, max_new_tokens=TOKENS)
+    assert vlm.chat_inner(turns) == reference
 
 
 def test_vlmeval_video_uses_recipe_sampling_and_3d_packing(demo):

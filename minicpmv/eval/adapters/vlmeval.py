@@ -251,6 +251,10 @@ class MiniCPMV(BaseModel):
         message = [dict(type="text", value=instruction)] if instruction else []
         message += [dict(type="image", value=p) for p in paths]
         message.append(dict(type="text", value=prompt))
+        if HAVE_VLMEVAL and (dataset or "").startswith("MMMU_"):  # images at their '<image k>' marks, as the kit does
+            from vlmeval.dataset import MMMUDataset
+
+            message = MMMUDataset.split_MMMU(message)
         return message
 
     def generate_inner(self, message: Sequence[Mapping[str, Any]], dataset: str | None = None) -> str:
