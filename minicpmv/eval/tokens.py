@@ -260,17 +260,27 @@ def qwen_video_frames(n_frames: int, fps: float, q: QwenSettings = QwenSettings(
     return frames
 
 
-def qwen_video(video: VideoSpec, q: QwenSettings = QwenSettings()) -> TokenCount:
-    """Tokens of one video for Qwen2.5-VL: (frames / 2) * (h'/28) * (w'/28), plus the two vision markers.
+def qwen_video_size(video: VideoSpec, q: QwenSettings = QwenSettings()) -> tuple[int, int, int]:
+    """(frames, height, width) Qwen2.5-VL samples and resizes a video to (`fetch_video` of S9).
 
     Per-frame max_pixels = max(min(768 * 28^2, total_pixels / frames * 2), int(1.05 * 128 * 28^2)).
-    Worked example, 1 h at 30 fps, 448x448: 768 frames; max_pixels = max(min(602,112, 50,176), 105,369)
-    = 105,369 -> frames resized to 308x308 = 11 x 11 tokens per 2 frames -> 384 * 121 = 46,464.
+    Example, 1 h at 30 fps, 448x448: 768 frames; max_pixels = max(min(602,112, 50,176), 105,369) = 105,369
+    -> (768, 308, 308).
     """
     frames = qwen_video_frames(video.n_frames, video.fps, q)
     max_pixels = max(min(q.video_max_pixels, q.video_total_pixels / frames * q.temporal_patch_size),
                      int(q.video_min_pixels * 1.05))
     h, w = qwen_smart_resize(video.height, video.width, q.factor, q.video_min_pixels, max_pixels, q.max_ratio)
+    return frames, h, w
+
+
+def qwen_video(video: VideoSpec, q: QwenSettings = QwenSettings()) -> TokenCount:
+    """Tokens of one video for Qwen2.5-VL: (frames / 2) * (h'/28) * (w'/28), plus the two vision markers.
+
+    Worked example, 1 h at 30 fps, 448x448: 768 frames of 308x308 (`qwen_video_size`) = 11 x 11 tokens per
+    2 frames -> 384 * 121 = 46,464 visual tokens.
+    """
+    frames, h, w = qwen_video_size(video, q)
     per_step = (h // q.factor) * (w // q.factor)  # tokens per temporal patch of 2 frames
     steps = frames // q.temporal_patch_size
     detail = f"{frames} frames resized to {w}x{h}, {per_step} tokens per {q.temporal_patch_size} frames"
