@@ -60,12 +60,38 @@ class LocalLmms(abc.ABC):
         self.task_dict: dict = {}
 
     @abc.abstractmethod
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]: ...
+    def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
+        """(sum of the continuation's log-probs, whether greedy decoding produces it) per request.
 
-    @abc.abstractmethod
-    def generate_until(self, requests) -> list[str]: ...
+        Rows are scored a batch at a time, so only one batch of encoded prompts is held in memory; the
+        choices of one question share one encoded prompt (and, through the vision cache, one encoding).
+        """
+        results: list[tuple[float, bool]] = []
+        prompts: list[EncodedSample] = []
+        continuations: list[list[int]] = []
+        encoded: dict[tuple, EncodedSample] = {}
+        for i, req in enumerate(tqdm(requests, desc="minicpmv loglikelihood", disable=self.rank != 0 or len(requests) < 64)):
+            key, context, target, visuals = self._scoring_request(req.args)
+            if key not in encoded:
+                encoded = {key: self._scoring_prompt(context, visuals(), f"request {i}")}  # the previous question is done
+            prompts.append(encoded[key])
+            continuations.append(self.runner.tokenizer.encode(target.lstrip()))
+            if len(prompts) == self.runner.max_batch_size or i == len(requests) - 1:
+                results += [(s.logprob, s.is_greedy) for s in self.runner.score(prompts, continuations)]
+                prompts, continuations = [], []
+        for req, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", (req.args[0], req.args[1]), result)
+        return results
 
-    @abc.abstractmethod
+    def _scoring_request(self, args: Sequence[Any]) -> tuple[tuple, str, str, Any]:
+        """(key of the prompt, context, continuation text, a function giving the visuals) of one request."""
+        if len(args) == 2:  # an unconditional request: (context, continuation)
+            return (args[0],), args[0], str(args[1]), lambda: []
+        context, target, doc_to_visual, doc_id, task, split = args
+        doc = self.task_dict[task][split][doc_id]
+        target = target if isinstance(target, str) else target(doc)
+        return (context, task, split, doc_id), context, str(target), lambda: _flatten(doc_to_visual(doc))
+
     def generate_until_multi_round(self, requests) -> list: ...
 
     @classmethod
