@@ -39,10 +39,12 @@ class DemoArgs:
 
     out_dir: str = "out/demo"  # run folder: data/, init/, stage1..3/, sft/, eval_*.json, timings.json
     seed: int = 0  # data, initialisation and training seed
+    tokenizer_per_family: int = 200  # samples per task family whose text trains the BPE tokenizer
     caption_per_family: int = 60  # pre-training captions per task family
     sft_per_family: int = 200  # SFT samples per task family
     long_share: float = 0.3  # share of SFT samples with a <think> trace
-    video_packing: int = 3  # frames per 32 visual tokens in the SFT videos (3D packing)
+    video_packing: list[str] = field(default_factory=lambda: ["3"])  # frames per 32 visual tokens in the SFT
+    # videos (3D packing); several values = a seeded choice per video (chat-time automatic packing gives short clips 1)
     batch_size: int = 8
     max_length: int = 512
     stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of pre-training stages 1, 2, 3
@@ -65,13 +67,13 @@ def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
     plans = {
         "caption": (families, args.caption_per_family, args.seed, {"form": "caption"}),
         "sft": (families, args.sft_per_family, args.seed,
-                {"form": "mixed", "long_share": args.long_share, "packing": args.video_packing}),
+                {"form": "mixed", "long_share": args.long_share, "packing": [int(p) for p in args.video_packing]}),
         # GRPO prompts: fresh arithmetic samples (a different seed), the answer is the reference
         "rl": (["arith"], args.rl_prompts, args.seed + 1000, {"form": "short"}),
     }
     files = {}
     for name, (fams, n, seed, options) in plans.items():
-        done = data / f"train_{options['form']}_p{options.get('packing', 3)}_s{seed}.jsonl"
+        done = data / f"train_{options['form']}_p{''.join(map(str, options.get('packing', [3])))}_s{seed}.jsonl"
         files[name] = done if done.is_file() else write_split(data, fams, "train", n, seed=seed, **options)
     return files
 
@@ -94,7 +96,7 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
     """init -> stage 1 (resampler) -> stage 2 (+ vision) -> stage 3 (all) -> SFT; the SFT model folder."""
     init = out / "init"
     if not (init / "config.json").is_file():
-        init_model_dir(init, corpus(200, args.seed), seed=args.seed)
+        init_model_dir(init, corpus(args.tokenizer_per_family, args.seed), seed=args.seed)
     common = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed, "parallel": "ddp",
               "precision": "fp32", "plot": False, "warmup_steps": 3}
     model = init

@@ -73,24 +73,28 @@ def save_record(sample: dict[str, Any], media_dir: Path, name: str) -> dict[str,
 
 
 def write_split(out_dir: str | Path, families: Sequence[str], split: str, per_family: int, *, seed: int = 0,
-                form: str = "short", long_share: float = 0.0, packing: int = 3) -> Path:
+                form: str = "short", long_share: float = 0.0, packing: int | Sequence[int] = 3) -> Path:
     """Write `per_family` samples of each family to `<out_dir>/<name>.jsonl` (+ media) and return the path.
 
     form: 'caption' (pre-training), 'short' (answers) or 'mixed' (answers, a `long_share` of them with a
-    `<think>` trace; the choice is seeded per sample). packing: frames per visual span of the videos.
+    `<think>` trace; the choice is seeded per sample). packing: frames per visual span of the videos, or a list
+    to draw from per video (seeded): e.g. (1, 2, 3) teaches both the 3D-packed form and the one-frame-per-span
+    form that automatic packing gives short clips at chat time.
     """
     if form not in ("caption", "short", "mixed"):
         raise ValueError(f"form {form!r}; use 'caption', 'short' or 'mixed'")
     out_dir = Path(out_dir)
-    name = f"{split}_{form}_p{packing}_s{seed}"
+    choices = [packing] if isinstance(packing, int) else list(packing)
+    name = f"{split}_{form}_p{''.join(map(str, choices))}_s{seed}"
     media = out_dir / f"{name}_media"
     media.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.jsonl"
     partial = path.with_suffix(".jsonl.partial")  # renamed when complete: an existing .jsonl is whole
     with open(partial, "w") as f:
         for sample in iter_split(families, split, per_family, seed):
-            if "video" in sample and packing != 3:
-                sample = regroup(sample, packing)
+            if "video" in sample:
+                pick = random.Random(sample_seed(seed + 2, split, sample["family"], sample["index"])).choice(choices)
+                sample = regroup(sample, pick) if pick != 3 else sample
             if form == "caption":
                 sample = as_caption(sample)
             else:
