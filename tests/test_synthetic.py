@@ -242,3 +242,18 @@ def test_large_images_still_slice(processor):
     big = processor.process_image(Image.new("RGB", (448, 448)))
     # overview + 2 x 2 slices of 8 x 8 patches: 320 patches, not the 1024 of one 448-px slice at 14 px
     assert big.grid == (2, 2) and big.tgt_sizes.tolist() == [[8, 8]] * 5
+
+
+def test_evaluate_scores_doc_pages_per_corruption_level_too():
+    import minicpmv
+    from minicpmv.data.synthetic.evaluate import evaluate, markdown_table
+
+    model, processor = minicpmv.load(device="cpu")
+    scores = evaluate(model, processor, families=["doc"], per_family=4, modes=("short",), latency_samples=0,
+                      max_new_tokens=(4, 4))
+    by = {s.family: s for s in scores}
+    levels = [f for f in by if f.startswith("doc/")]
+    assert by["doc"].n == 4 and sum(by[f].n for f in levels) == 4
+    assert set(levels) <= {"doc/low", "doc/moderate", "doc/high"} and levels
+    assert by["doc"].accuracy * 4 == sum(by[f].accuracy * by[f].n for f in levels)
+    assert "| doc/" in markdown_table(scores)

@@ -1,4 +1,5 @@
-"""Held-out accuracy of a model on the synthetic suite, per task family and mode.
+"""Held-out accuracy of a model on the synthetic suite, per task family and mode (and, for the `doc`
+family, per corruption level too: rows `doc/low`, `doc/moderate`, `doc/high`).
 
 Each test sample is asked once in short mode (answer directly) and once in thinking mode (the model
 writes a `<think>` trace first), greedily. A reply is right when its answer, lower-cased and stripped
@@ -75,15 +76,19 @@ def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_fa
             for sample, result in zip(samples, results):
                 right = normalize(result.answer) == normalize(sample["answer"])
                 tally.setdefault((sample["family"], mode), []).append((right, result.usage.visual_tokens))
+                if "level" in sample:  # doc pages: also per corruption level, as row "doc/low" etc.
+                    row = (f"{sample['family']}/{sample['level']}", mode)
+                    tally.setdefault(row, []).append((right, result.usage.visual_tokens))
             for sample in samples[: latency_samples * len(families)]:  # one request at a time
                 began = time.perf_counter()
                 ask(sample)
                 latency.setdefault((sample["family"], mode), []).append(time.perf_counter() - began)
     finally:
         service.close()
+    order = lambda key: (list(FAMILIES).index(key[0].split("/")[0]), key[0], key[1])
     return [FamilyScore(family, mode, len(rows), sum(r[0] for r in rows) / len(rows),
                         sum(r[1] for r in rows) / len(rows), _mean(latency.get((family, mode), [])))
-            for (family, mode), rows in sorted(tally.items(), key=lambda kv: (list(FAMILIES).index(kv[0][0]), kv[0][1]))]
+            for (family, mode), rows in sorted(tally.items(), key=lambda kv: order(kv[0]))]
 
 
 def _mean(values: Sequence[float]) -> float:
