@@ -65,3 +65,4 @@ def test_readme_example_answers_correctly():
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().rstrip(".").lower() == README_ANSWER, out.stdout
+
