@@ -22,3 +22,13 @@ def reference_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return reference_path()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a whole test module (tiny models: no sync per small op; restored afterwards).
+    Use with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    from train_fixtures import one_thread
+
+    with one_thread():
+        yield

@@ -24,13 +24,7 @@ from minicpmv.rl.rollout import PromptSet, RLPrompt
 from train_fixtures import small_image_model, write_image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are a few hundred kB: one thread is fastest (no sync per tiny op); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny models run fastest on one thread
 
 
 def test_dpo_loss_by_hand():

@@ -17,13 +17,7 @@ from minicpmv.rl.grpo import GRPOConfig, PolicyLogprobs, draw_modes, group_advan
 from minicpmv.rl.rollout import Rollout, TokenLogprobs, rollout_logprobs, sequence_logprobs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are a few hundred kB: one thread is fastest (no sync per tiny op); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny models run fastest on one thread
 
 
 def test_group_advantages_by_hand():

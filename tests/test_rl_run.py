@@ -41,13 +41,7 @@ def _import_recipe(name: str):
 toy = _import_recipe("rl_toy")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are a few hundred kB: one thread is fastest (no sync per tiny op); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny models run fastest on one thread
 
 
 def answer_length_rm(questions, answers):

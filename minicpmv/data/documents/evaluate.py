@@ -18,22 +18,9 @@ from typing import Any, Sequence
 
 from minicpmv.data.documents.corruption import LEVELS
 from minicpmv.data.documents.sources import normalise_text
+from minicpmv.eval.scorers import levenshtein as edit_distance
 
 _ITEM = re.compile(r"^\s*(\d+)[.)]\s?(.*)$")
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions and substitutions cost 1), O(len(a) * len(b)).
-    Example: edit_distance("kitten", "sitting") == 3."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def cer(prediction: str, truth: str) -> float:
