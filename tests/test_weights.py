@@ -161,6 +161,8 @@ def test_fan_in_init_scales_matrices_by_their_inputs():
     assert patch.std().item() == pytest.approx(patch[0].numel() ** -0.5, rel=0.1)
     proj = params["resampler.proj"]  # [in, out]
     assert proj.std().item() == pytest.approx(proj.shape[0] ** -0.5, rel=0.1)
+    qkv = params["resampler.attn.in_proj_weight"]  # [3D, D], a bare Parameter (not a Linear)
+    assert qkv.std().item() == pytest.approx(qkv.shape[1] ** -0.5, rel=0.1)
     for name in ("llm.model.embed_tokens.weight", "resampler.query"):  # tables keep N(0, 0.02)
         assert params[name].std().item() == pytest.approx(0.02, rel=0.1)
     assert params["llm.model.norm.weight"].eq(1).all() and params["vpm.encoder.layers.0.self_attn.q_proj.bias"].eq(0).all()

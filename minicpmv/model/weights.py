@@ -143,7 +143,8 @@ def init_random_(model: nn.Module, seed: int = 0, std: float = 0.02, scheme: str
 
     scheme "normal": every other tensor N(0, std) (the official checkpoints' `initializer_range`).
     scheme "fan_in": matrices N(0, 1 / fan_in) instead (Linear: in-features; Conv2d: in x kh x kw; the
-    resampler's `proj`, stored [in, out]: its rows); embeddings, queries and position tables stay N(0, std).
+    resampler's `proj`, stored [in, out]: its rows; its packed q/k/v `in_proj_weight` [3D, D]: D); embeddings,
+    queries and position tables stay N(0, std).
     Use "fan_in" for narrow models trained from scratch: at width 192, std 0.02 is ~4x below
     1/sqrt(192) = 0.072, attention logits start ~16x too flat, and the resampler pools every patch alike,
     so the LLM learns the answers' text prior long before the visual path carries anything (the demo model's
@@ -157,6 +158,8 @@ def init_random_(model: nn.Module, seed: int = 0, std: float = 0.02, scheme: str
     if scheme == "fan_in":
         fan_in = {id(m.weight): m.weight[0].numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
         fan_in.update({id(p): p.shape[0] for n, p in model.named_parameters() if n.endswith("resampler.proj") or n == "proj"})
+        # the resampler's packed q/k/v projection is a bare Parameter [3D, D] (nn.MultiheadAttention's layout)
+        fan_in.update({id(p): p.shape[1] for n, p in model.named_parameters() if n.endswith("attn.in_proj_weight")})
     first = next(model.parameters())
     gen = torch.Generator(device=first.device).manual_seed(seed)
     with torch.no_grad():
