@@ -139,17 +139,44 @@ def test_cli_eval_documents_scores_the_tiny_model(tmp_path, capsys):
                                                                                          "synthetic-000001-0"]
 
 
-def test_documents_run_recipe_smoke(tmp_path):
-    """recipes/documents_run.py end to end at toy size: data, tokenizer + model, 2 steps, probe losses
-    per level (with the visual-token spread), greedy evaluation table, plot."""
+def _documents_run():
+    """recipes/documents_run.py as a module (a script, not part of the package)."""
     import importlib.util
     import sys
 
-    pytest.importorskip("matplotlib")
     path = Path(__file__).resolve().parents[1] / "recipes" / "documents_run.py"
     spec = importlib.util.spec_from_file_location("documents_run", path)
     recipe = sys.modules["documents_run"] = importlib.util.module_from_spec(spec)  # dataclasses need the module
     spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_documents_run_level_checks_read_the_papers_ordering():
+    """level_checks on hand-made probe rows: the ordering of the 2026-12-03 run passes all three checks;
+    equal curves pass none; a level ahead only at step 0 (the untrained model) does not count; moderate
+    above high (over-confident misreadings) fails high_stays_highest and moderate_between."""
+    checks = _documents_run().level_checks
+
+    def rows(*triples):
+        return [{"step": 100 * i, "low": lo, "moderate": mo, "high": hi} for i, (lo, mo, hi) in enumerate(triples)]
+
+    paper = checks(rows((24.1, 24.3, 24.3), (2.40, 2.41, 2.41), (0.85, 1.51, 1.53), (0.09, 1.4, 1.5), (0.01, 1.0, 1.4)))
+    assert paper["first_ahead"] == {"low": 200, "moderate": None, "high": None}
+    assert paper["late"] == {"low": 0.01, "moderate": 1.0, "high": 1.4} and paper["late_from_step"] == 400
+    assert paper["low_falls_fastest"] and paper["high_stays_highest"] and paper["moderate_between"]
+    flat = checks(rows((24.0, 24.3, 24.3), (3.5, 3.5, 3.5), (3.5, 3.52, 3.5)))
+    assert flat["first_ahead"]["low"] is None
+    assert not (flat["low_falls_fastest"] or flat["high_stays_highest"] or flat["moderate_between"])
+    overconfident = checks(rows((24.0, 24.1, 24.1), (0.5, 1.8, 1.4), (0.01, 2.0, 1.4)))
+    assert overconfident["low_falls_fastest"]
+    assert not (overconfident["high_stays_highest"] or overconfident["moderate_between"])
+
+
+def test_documents_run_recipe_smoke(tmp_path):
+    """recipes/documents_run.py end to end at toy size: data, tokenizer + model, 2 steps, probe losses
+    per level (with the visual-token spread), greedy evaluation table, plot."""
+    pytest.importorskip("matplotlib")
+    recipe = _documents_run()
     args = recipe.DocumentsRunArgs(out_dir=str(tmp_path / "run"), figure=str(tmp_path / "levels.png"), steps=2,
                                    warmup_steps=1, eval_every=1, train_pages=12, probe_pages=2, batch_size=2)
     result = recipe.main(args)
