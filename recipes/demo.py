@@ -57,6 +57,9 @@ class DemoArgs:
     rl_group_size: int = 4
     rl_lr: float = 1e-5
     rl_max_new_tokens: int = 64
+    precision: str = "bf16"  # autocast dtype of every training stage (bf16: the CPU's AMX/AVX512-BF16 units; fp32)
+    packing: bool = True  # pack each batch into rows of max_length tokens (no padding compute)
+    threads: int = 0  # torch CPU threads (0 = torch's default: every core)
     eval_per_family: int = 10  # held-out test samples per family and mode
     ship: bool = False  # copy the final model (bfloat16) to minicpmv/assets/demo with SHA256SUMS
 
@@ -98,7 +101,7 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
     if not (init / "config.json").is_file():
         init_model_dir(init, corpus(args.tokenizer_per_family, args.seed), seed=args.seed)
     common = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed, "parallel": "ddp",
-              "precision": "fp32", "plot": False, "warmup_steps": 3}
+              "precision": args.precision, "packing": args.packing, "plot": False, "warmup_steps": 3}
     model = init
     for stage, steps in enumerate(int(s) for s in args.stage_steps):
         stage_args = PretrainArgs(model=str(model), data=[str(data["caption"])], stage=stage + 1, steps=steps,
@@ -143,6 +146,8 @@ def ship(model_dir: Path, dest: Path = DEMO_DIR) -> Path:
 def main(args: DemoArgs) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     (out / "demo_config.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
     timings, began = {}, time.perf_counter()
     data = build_data(args, out)

@@ -100,7 +100,7 @@ def text_image(rng: random.Random, text: str, size: tuple[int, int], max_angle: 
     with jitter on a random background."""
     w, h = size
     img = background(rng, size)
-    path, font_size = pick_font_file(rng), rng.randint(h // 6, h // 3)
+    path, font_size = pick_font_file(rng), rng.randint(h // 4, h // 3)
     font = _font(path, font_size)
     layer = Image.new("RGBA", size, (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
