@@ -152,8 +152,10 @@ class LevelConfig:
 
 def _low() -> LevelConfig:
     # Spec §3.2 "low": mild enough that the text stays readable (the NCC test checks it); one or two operators.
+    # Resampling up to x2 followed by 3% salt-and-pepper took a DejaVu line to NCC 0.47: the upper ends are
+    # x1.8 and 2%, which keep every line of 3 pages x 22 system fonts x 6 seeds at NCC >= 0.59.
     return LevelConfig(ops={"noise": (5.0, 25.0), "blur": (0.3, 1.2), "jpeg": (30.0, 90.0), "contrast": (0.8, 1.2),
-                            "brightness": (-0.15, 0.15), "resample": (1.5, 2.0), "salt_pepper": (0.01, 0.03)},
+                            "brightness": (-0.15, 0.15), "resample": (1.3, 1.8), "salt_pepper": (0.005, 0.02)},
                        n_ops=(1, 2))
 
 
