@@ -10,6 +10,8 @@ averaged per sample (latency timed on a few samples run alone).
 
 from __future__ import annotations
 
+import math
+
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -105,7 +107,7 @@ def markdown_table(scores: Sequence[FamilyScore]) -> str:
         short, long = by.get((f, "short")), by.get((f, "long"))
         any_ = short or long
         acc = lambda s: f"{100 * s.accuracy:.0f}%" if s else "-"
-        lat = " / ".join(f"{s.latency_s:.2f}" if s else "-" for s in (short, long))
+        lat = " / ".join(f"{s.latency_s:.2f}" if s and not math.isnan(s.latency_s) else "-" for s in (short, long))
         lines.append(f"| {f} | {any_.n} | {acc(short)} | {acc(long)} | {any_.visual_tokens:.0f} | {lat} |")
     return "\n".join(lines)
 

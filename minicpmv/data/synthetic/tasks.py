@@ -31,7 +31,7 @@ from minicpmv.data.documents.synthetic import WORDS, SyntheticConfig, synthetic_
 from minicpmv.data.synthetic.draw import COLORS, SHAPES, background, draw_shape, grid_boxes, pick_font_file, text_image
 from minicpmv.data.synthetic.draw import _font
 
-IMAGE_SIDE = 192  # below scale_resolution 224: one slice, 64 visual tokens
+IMAGE_SIDE = 192  # below scale_resolution 224: one slice (32 visual tokens with the demo model)
 FRAME_SIDE = 128
 FRAME_STEP_IDS = 2  # frames 0.2 s apart = 2 temporal ids of 0.1 s
 OCR_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I/O (confusable with 1/0)
