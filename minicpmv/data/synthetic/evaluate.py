@@ -10,8 +10,6 @@ averaged per sample (latency timed on a few samples run alone).
 
 from __future__ import annotations
 
-import math
-
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -30,7 +28,7 @@ class FamilyScore:
     n: int
     accuracy: float  # exact-match share, 0..1
     visual_tokens: float  # mean per sample
-    latency_s: float  # mean seconds per sample
+    latency_s: float | None  # mean seconds per sample run alone; None where none was timed (doc/level rows)
 
 
 def normalize(text: str) -> str:
@@ -93,8 +91,8 @@ def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_fa
             for (family, mode), rows in sorted(tally.items(), key=lambda kv: order(kv[0]))]
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def markdown_table(scores: Sequence[FamilyScore]) -> str:
@@ -107,7 +105,7 @@ def markdown_table(scores: Sequence[FamilyScore]) -> str:
         short, long = by.get((f, "short")), by.get((f, "long"))
         any_ = short or long
         acc = lambda s: f"{100 * s.accuracy:.0f}%" if s else "-"
-        lat = " / ".join(f"{s.latency_s:.2f}" if s and not math.isnan(s.latency_s) else "-" for s in (short, long))
+        lat = " / ".join(f"{s.latency_s:.2f}" if s and s.latency_s is not None else "-" for s in (short, long))
         lines.append(f"| {f} | {any_.n} | {acc(short)} | {acc(long)} | {any_.visual_tokens:.0f} | {lat} |")
     return "\n".join(lines)
 
