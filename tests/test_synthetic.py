@@ -60,6 +60,24 @@ def test_count_answer_matches_the_connected_shapes():
         assert n == int(s["answer"]), (i, s["caption"])
 
 
+def test_captions_and_traces_name_the_shapes_in_reading_order():
+    # the order a description names the shapes in must follow from the image (row by row, left to right)
+    step = IMAGE_SIDE // 3
+    for family, i in [(f, i) for f in ("count", "color") for i in range(12)]:
+        s = make(family, "train", i)
+        rgb = np.asarray(s["image"].convert("RGB")).astype(int)
+        labels, n = ndimage.label(_ink(s["image"]))
+        found = []
+        for k in range(1, n + 1):
+            ys, xs = np.nonzero(labels == k)
+            mean = rgb[ys, xs].mean(0)
+            colour = min(COLORS, key=lambda c: np.abs(np.array(COLORS[c]) - mean).sum())
+            found.append((int(ys.min()) // step, int(xs.min()) // step, colour))
+        named = [item.split()[0] for item in s["caption"].split(": ")[-1].split(", ")]
+        assert [c for _, _, c in sorted(found)] == named, (family, i, s["caption"])
+        assert s["reasoning"].startswith(f"I see a {named[0]} "), s["reasoning"]
+
+
 def test_video_direction_matches_the_motion():
     steps = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
     for i in range(12):

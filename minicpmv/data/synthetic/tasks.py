@@ -84,23 +84,28 @@ def make_ocr(rng: random.Random, split: str) -> dict[str, Any]:
     return _sample("ocr", split, {"image": img}, "What text is written in the image?", text, reasoning, text)
 
 
-def _shapes_image(rng: random.Random, items: list[tuple[str, str]]) -> Image.Image:
+def _shapes_image(rng: random.Random, items: list[tuple[str, str]]) -> tuple[Image.Image, list[tuple[str, str]]]:
+    """The items drawn in random cells of a 3 x 3 grid, and the items in reading order (row by row, left to
+    right), the order captions and traces name them in: a described order the image determines is learnable,
+    a random one is not. Example: a blue square top right and a red circle bottom left -> [blue square, red circle]."""
     img = background(rng, (IMAGE_SIDE, IMAGE_SIDE))
     d = ImageDraw.Draw(img)
+    step = IMAGE_SIDE // 3
+    placed = []
     for (color, shape), box in zip(items, grid_boxes(rng, len(items), IMAGE_SIDE, 3)):
         draw_shape(d, shape, box, COLORS[color])
-    return img
+        placed.append((box[1] // step, box[0] // step, (color, shape)))  # (cell row, cell column, item)
+    return img, [item for _, _, item in sorted(placed)]
 
 
 def make_count(rng: random.Random, split: str) -> dict[str, Any]:
     """1-6 shapes of random kinds and colours; count them."""
     items = [(rng.choice(list(COLORS)), rng.choice(SHAPES)) for _ in range(rng.randint(1, 6))]
-    names = [f"a {c} {s}" for c, s in items]
+    image, items = _shapes_image(rng, items)
     n = str(len(items))
-    reasoning = f"I see {_join(names)}. That makes {n}."
+    reasoning = f"I see {_join([f'a {c} {s}' for c, s in items])}. That makes {n}."
     caption = f"{n} shapes: " + ", ".join(f"{c} {s}" for c, s in items)
-    return _sample("count", split, {"image": _shapes_image(rng, items)}, "How many shapes are in the image?", n,
-                   reasoning, caption)
+    return _sample("count", split, {"image": image}, "How many shapes are in the image?", n, reasoning, caption)
 
 
 def make_color(rng: random.Random, split: str) -> dict[str, Any]:
@@ -112,9 +117,10 @@ def make_color(rng: random.Random, split: str) -> dict[str, Any]:
         question, answer = f"What colour is the {shape}?", color
     else:
         question, answer = f"Which shape is {color}?", shape
+    image, items = _shapes_image(rng, items)
     reasoning = f"I see {_join([f'a {c} {s}' for c, s in items])}. The {shape} is {color}."
     caption = ", ".join(f"{c} {s}" for c, s in items)
-    return _sample("color", split, {"image": _shapes_image(rng, items)}, question, answer, reasoning, caption)
+    return _sample("color", split, {"image": image}, question, answer, reasoning, caption)
 
 
 def make_chart(rng: random.Random, split: str) -> dict[str, Any]:
