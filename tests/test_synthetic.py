@@ -276,3 +276,11 @@ def test_evaluate_scores_doc_pages_per_corruption_level_too():
     assert by["doc"].accuracy * 4 == sum(by[f].accuracy * by[f].n for f in levels)
     table = markdown_table(scores)
     assert "| doc/" in table and "nan" not in table  # level rows have no latency of their own: "-"
+
+
+def test_eval_cli_scores_the_training_split_too(capsys):
+    from minicpmv import cli
+
+    args = ["eval", "synthetic", "--families", "color", "--per-family", "2", "--modes", "short", "--split"]
+    assert cli.main(args + ["train"]) == 0
+    assert "| color | 2 |" in capsys.readouterr().out

@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     p.add_argument("--modes", nargs="+", choices=["short", "long"], default=["short", "long"])
     p.add_argument("--per-family", type=int, default=25, help="test samples per family (default: 25)")
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--split", choices=["val", "test", "train"], default="test",
+                   help="test (default), val, or train: the first samples of a seed-0 pipeline's training data, to "
+                        "tell underfitting (train ~ test) from overfitting (train >> test)")
     p.add_argument("--seed", type=int, default=0, help="suite seed (default: 0, the published numbers)")
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.set_defaults(func=run_eval_synthetic)
