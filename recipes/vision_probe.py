@@ -2,11 +2,12 @@
 
     .venv/bin/python recipes/vision_probe.py --model out/demo/init                 # ~2 min per pool, 1 core
     .venv/bin/python recipes/vision_probe.py --model out/demo/sft/model --steps 0   # attention spread only
+    .venv/bin/python recipes/vision_probe.py --model out/demo/sft/model --frozen    # head only: what is there
 
 A linear head on pooled visual features is trained, together with the vision tower and the resampler
 (AdamW, batch 16, bf16 autocast), to name the one shape of a single-shape `color` image (circle / square /
-triangle, chance 1/3), or the number of shapes of a `count` image (1-6). Pools, each from a fresh copy of
---model:
+triangle, chance 1/3), or the number of shapes of a `count` image (1-6); with --frozen only the head is
+trained (a linear probe of what --model's features already carry). Pools, each from a fresh copy of --model:
 
 * vit_max: max over the ViT's patch features        (a hard pick of the most salient patch);
 * vit_mean: mean over the ViT's patch features      (what uniform attention would pass on);
@@ -49,6 +50,7 @@ class ProbeArgs:
     task: str = "shape"  # shape (name the one shape, 3 classes) | count (1-6 shapes, 6 classes)
     pools: list[str] = field(default_factory=lambda: list(POOLS))
     steps: int = 300  # 0 = attention spread only
+    frozen: bool = False  # train the head only: what the visual features of --model already carry
     lr: float = 1e-3
     batch_size: int = 16
     eval_every: int = 50
@@ -101,22 +103,24 @@ def accuracy(model, head, pool, processor, args: ProbeArgs) -> float:
     return (logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
 
 
-def train_probe(base: MiniCPMV, processor: Processor, pool: str, args: ProbeArgs) -> list[dict[str, float]]:
-    """Vision tower + resampler + a linear head trained on `pool`ed features; held-out accuracy curve."""
+def train_probe(model: MiniCPMV, processor: Processor, pool: str, args: ProbeArgs) -> list[dict[str, float]]:
+    """A linear head on `pool`ed features, trained with `model`'s vision tower and resampler (in place; only
+    the head with args.frozen); held-out accuracy curve."""
     if pool not in POOLS:
         raise ValueError(f"pool {pool!r}; use one of {POOLS}")
     torch.manual_seed(args.seed)
-    model = copy.deepcopy(base)
     width = model.config.vision.hidden_size if pool.startswith("vit") else model.config.llm.hidden_size
     head = torch.nn.Linear(width, 3 if args.task == "shape" else 6)
-    params = [*model.vpm.parameters(), *model.resampler.parameters(), *head.parameters()]
+    params = [*head.parameters()] if args.frozen else [*model.vpm.parameters(), *model.resampler.parameters(),
+                                                        *head.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     curve, began = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         batch = [labelled(args.task, "train", (step - 1) * args.batch_size + i) for i in range(args.batch_size)]
         images, labels = zip(*batch)
-        loss = torch.nn.functional.cross_entropy(head(pooled(model, pool, *slices_of(processor, list(images)))),
-                                                 torch.tensor(labels))
+        with torch.set_grad_enabled(not args.frozen):
+            features = pooled(model, pool, *slices_of(processor, list(images)))  # [batch, width]
+        loss = torch.nn.functional.cross_entropy(head(features), torch.tensor(labels))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -161,7 +165,8 @@ def main(args: ProbeArgs) -> dict:
     model = MiniCPMV.from_pretrained(args.model, dtype=torch.float32)
     processor = Processor.from_pretrained(args.model)
     result = {"args": asdict(args), "attention": attention_spread(model, processor),
-              "curves": {pool: train_probe(model, processor, pool, args) for pool in args.pools if args.steps}}
+              "curves": {pool: train_probe(copy.deepcopy(model), processor, pool, args)
+                         for pool in args.pools if args.steps}}
     (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
     att = result["attention"]
     lines = [f"resampler attention of {args.model}: {att['effective_keys']:.1f} effective keys of {att['patches']} "

@@ -34,7 +34,7 @@ def test_uniform_attention_spreads_over_every_patch():
     assert spread["patches"] == 64 and abs(spread["effective_keys"] - 64) < 1e-3
 
 
-def test_tiny_run_writes_curves_and_leaves_the_model_alone(tmp_path):
+def test_tiny_run_writes_curves(tmp_path):
     args = probe.ProbeArgs(model=str(DEMO_DIR), out_dir=str(tmp_path), pools=["vit_max", "resampler_mean"], steps=2,
                            batch_size=2, eval_every=1, eval_n=4)
     result = probe.main(args)
@@ -42,9 +42,16 @@ def test_tiny_run_writes_curves_and_leaves_the_model_alone(tmp_path):
     for curve in result["curves"].values():
         assert [p["step"] for p in curve] == [1, 2] and all(0 <= p["accuracy"] <= 1 for p in curve)
     saved = json.loads((tmp_path / "probe.json").read_text())
-    assert saved["attention"]["patches"] == 64 and "| vit_max |" in (tmp_path / "probe.md").read_text()
-    assert 1 <= saved["attention"]["effective_keys"] <= 64
-    base = MiniCPMV.from_pretrained(DEMO_DIR, dtype=torch.float32)
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    probe.train_probe(base, Processor.from_pretrained(DEMO_DIR), "resampler_max", args)  # trains a copy
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert saved["attention"]["patches"] == 64 and 1 <= saved["attention"]["effective_keys"] <= 64
+    assert "| vit_max |" in (tmp_path / "probe.md").read_text()
+
+
+def test_frozen_probe_trains_only_the_head(tmp_path):
+    processor = Processor.from_pretrained(DEMO_DIR)
+    for frozen in (True, False):
+        args = probe.ProbeArgs(out_dir=str(tmp_path), steps=1, batch_size=2, eval_every=1, eval_n=2, frozen=frozen)
+        model = MiniCPMV.from_pretrained(DEMO_DIR, dtype=torch.float32)
+        before = model.vpm.embeddings.patch_embedding.weight.clone()
+        curve = probe.train_probe(model, processor, "resampler_mean", args)
+        assert len(curve) == 1 and 0 <= curve[0]["accuracy"] <= 1
+        assert torch.equal(model.vpm.embeddings.patch_embedding.weight, before) == frozen
