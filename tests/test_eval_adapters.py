@@ -243,10 +243,10 @@ def test_lmms_until_stops_generation(lmm, images):
     lmm.task_dict = {"toy": {"test": _docs(images)}}
 
     def ask(gen_kwargs):
-        return lmm.generate_until([FakeInstance("generate_until", ("Describe the picture.", gen_kwargs, _visuals, 0,
+        return lmm.generate_until([FakeInstance("generate_until", ("Describe the image.", gen_kwargs, _visuals, 0,
                                                                    "toy", "test"))])[0]
 
-    full = ask({"max_new_tokens": TOKENS})
+    full = ask({"max_new_tokens": TOKENS})  # the demo model's pre-training prompt: a caption of several characters
     assert len(full) >= 2
     stop = full[1]
     assert ask({"max_new_tokens": TOKENS, "until": [stop]}) == full.split(stop)[0]  # the engine stops there
