@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -96,11 +95,12 @@ def pooled(model: MiniCPMV, pool: str, slices: list[torch.Tensor], sizes: torch.
     return tokens.max(1).values if pool == "resampler_max" else tokens.mean(1)
 
 
-def accuracy(model, head, pool, processor, args: ProbeArgs) -> float:
+def accuracy(model, head, pool, test: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]) -> float:
+    """Share of `test` = (slices, grids, labels) the head names right."""
+    slices, sizes, labels = test
     with torch.no_grad():
-        images, labels = zip(*(labelled(args.task, "test", i) for i in range(args.eval_n)))
-        logits = head(pooled(model, pool, *slices_of(processor, list(images))))
-    return (logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
+        logits = head(pooled(model, pool, slices, sizes))
+    return (logits.argmax(-1) == labels).float().mean().item()
 
 
 def train_probe(model: MiniCPMV, processor: Processor, pool: str, args: ProbeArgs) -> list[dict[str, float]]:
@@ -114,6 +114,8 @@ def train_probe(model: MiniCPMV, processor: Processor, pool: str, args: ProbeArg
     params = [*head.parameters()] if args.frozen else [*model.vpm.parameters(), *model.resampler.parameters(),
                                                         *head.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    images, labels = zip(*(labelled(args.task, "test", i) for i in range(args.eval_n)))
+    test = (*slices_of(processor, list(images)), torch.tensor(labels))
     curve, began = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         batch = [labelled(args.task, "train", (step - 1) * args.batch_size + i) for i in range(args.batch_size)]
@@ -126,7 +128,7 @@ def train_probe(model: MiniCPMV, processor: Processor, pool: str, args: ProbeArg
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % args.eval_every == 0 or step == args.steps:
-            curve.append({"step": step, "loss": loss.item(), "accuracy": accuracy(model, head, pool, processor, args),
+            curve.append({"step": step, "loss": loss.item(), "accuracy": accuracy(model, head, pool, test),
                           "seconds": time.perf_counter() - began})
             print(f"[probe] {pool} step {step}: accuracy {curve[-1]['accuracy']:.2f}", file=sys.stderr)
     return curve
@@ -145,9 +147,8 @@ def attention_spread(model: MiniCPMV, processor: Processor, n_images: int = 8) -
         for i in range(n_images):
             slices, sizes = slices_of(processor, [make("color", "test", i)["image"]])
             x = model.vpm(slices, sizes).hidden[0]  # [L, D_vision]
-            kv = r.ln_kv(r.kv_proj(x))  # [L, D]
-            k = r.attn.project(kv + r.pos_2d([tuple(sizes[0].tolist())]).to(kv.dtype), 1)  # [L, D]
-            q = r.attn.project(r.ln_q(r.query), 0)  # [Q, D]
+            k, _ = r.keys_values(x, [tuple(sizes[0].tolist())])  # [L, D]
+            q = r.queries()  # [Q, D]
             hd = q.shape[-1] // heads
             a = torch.stack([torch.softmax(q[:, h * hd:(h + 1) * hd] @ k[:, h * hd:(h + 1) * hd].T / hd**0.5, -1)
                              for h in range(heads)])  # [H, Q, L]
@@ -159,7 +160,6 @@ def attention_spread(model: MiniCPMV, processor: Processor, n_images: int = 8) -
 
 def main(args: ProbeArgs) -> dict:
     torch.set_num_threads(args.threads)
-    random.seed(args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = MiniCPMV.from_pretrained(args.model, dtype=torch.float32)

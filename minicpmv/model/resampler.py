@@ -125,6 +125,20 @@ class Resampler(nn.Module):
         index = torch.tensor([row_of.get(t, 0) for t in ids])  # [B]
         return rows[index].to(device).repeat_interleave(torch.tensor(lengths, device=device), dim=0)  # [N, D]
 
+    def queries(self) -> torch.Tensor:
+        """The projected learned queries [Q, D] (the same for every group)."""
+        return self.attn.project(self.ln_q(self.query), 0)
+
+    def keys_values(self, rows: torch.Tensor, sizes: list[tuple[int, int]], ids: list[int] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected keys and values [N, D] of the valid patch rows [N, D_vision] of slices of `sizes` (slice-major):
+        2D positions (and, given per-slice temporal `ids`, time) are added to the keys only."""
+        kv = self.ln_kv(self.kv_proj(rows))  # [N, D]
+        key_in = kv + self.pos_2d(sizes).to(kv.dtype)
+        if ids is not None:
+            key_in = key_in + self.temporal(ids, [h * w for h, w in sizes], kv.device).to(kv.dtype)
+        return self.attn.project(key_in, 1), self.attn.project(kv, 2)
+
     def forward(self, x: torch.Tensor, tgt_sizes: torch.Tensor, temporal_ids: list[list[int]] | None = None) -> torch.Tensor:
         sizes = [(int(h), int(w)) for h, w in tgt_sizes.tolist()]
         lengths = [h * w for h, w in sizes]
@@ -132,20 +146,14 @@ class Resampler(nn.Module):
         if x.shape[0] != len(sizes) or max(lengths) > x.shape[1]:
             raise ValueError(f"resampler x {tuple(x.shape)} does not fit tgt_sizes {sizes}")
         valid = torch.arange(x.shape[1], device=x.device)[None] < torch.tensor(lengths, device=x.device)[:, None]
-        kv = self.ln_kv(self.kv_proj(x[valid]))  # [N, D]: valid rows of all slices, slice-major
-        key_in = kv + self.pos_2d(sizes).to(kv.dtype)  # positions on the keys only
-        if temporal_ids is not None:
-            key_in = key_in + self.temporal(ids, lengths, kv.device).to(kv.dtype)
-        k = self.attn.project(key_in, 1)  # [N, D]
-        v = self.attn.project(kv, 2)  # [N, D]
+        k, v = self.keys_values(x[valid], sizes, ids if temporal_ids is not None else None)  # [N, D] each
         # Pack each group's keys (all its frames, concatenated) into one padded row.
         group_len = [sum(lengths[s : s + n]) for s, n in groups]
         dest, key_valid = _pack_index(group_len, x.device)  # [N], [G, K]
         g, n_k = key_valid.shape
         k_packed = k.new_zeros(g * n_k, k.shape[-1]).index_copy(0, dest, k).view(g, n_k, -1)  # [G, K, D]
         v_packed = v.new_zeros(g * n_k, v.shape[-1]).index_copy(0, dest, v).view(g, n_k, -1)  # [G, K, D]
-        q = self.attn.project(self.ln_q(self.query), 0)  # [Q, D]
-        out = self.attn(q, k_packed, v_packed, key_valid)  # [G, Q, D]
+        out = self.attn(self.queries(), k_packed, v_packed, key_valid)  # [G, Q, D]
         return self.ln_post(out) @ self.proj  # [G, Q, D]
 
 

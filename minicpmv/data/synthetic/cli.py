@@ -19,6 +19,7 @@ from minicpmv.cli import command_group
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `eval synthetic` to the `minicpmv` command."""
+    from minicpmv.data.synthetic.suite import SPLITS
     from minicpmv.data.synthetic.tasks import FAMILIES
 
     sub = command_group(subparsers, "eval", "evaluate a model on held-out benchmarks")
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     p.add_argument("--modes", nargs="+", choices=["short", "long"], default=["short", "long"])
     p.add_argument("--per-family", type=int, default=25, help="test samples per family (default: 25)")
-    p.add_argument("--split", choices=["val", "test", "train"], default="test",
+    p.add_argument("--split", choices=SPLITS, default="test",
                    help="test (default), val, or train: the first samples of a seed-0 pipeline's training data, to "
                         "tell underfitting (train ~ test) from overfitting (train >> test)")
     p.add_argument("--seed", type=int, default=0, help="suite seed (default: 0, the published numbers)")
