@@ -48,6 +48,7 @@ class DemoArgs:
     batch_size: int = 8
     max_length: int = 512
     stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of pre-training stages 1, 2, 3
+    # (0 skips a stage)
     pretrain_lr: float = 2e-3
     sft_steps: int = 200
     sft_lr: float = 1e-3
@@ -104,6 +105,9 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
               "precision": args.precision, "packing": args.packing, "plot": False, "warmup_steps": 3}
     model = init
     for stage, steps in enumerate(int(s) for s in args.stage_steps):
+        if steps == 0:  # a skipped stage: the next one starts from the previous model
+            print(f"[demo] stage{stage + 1}: skipped (0 steps)", file=sys.stderr)
+            continue
         stage_args = PretrainArgs(model=str(model), data=[str(data["caption"])], stage=stage + 1, steps=steps,
                                   lr=args.pretrain_lr, decay_steps=steps // 3, out_dir=str(out / f"stage{stage + 1}"),
                                   **common)

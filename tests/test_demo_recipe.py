@@ -30,3 +30,20 @@ def test_pipeline_runs_every_stage_and_is_deterministic(tmp_path):
     assert digest_again == digest
     strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]
     assert strip(scores_again) == strip(scores)
+
+
+def test_a_zero_step_stage_is_skipped_and_the_next_starts_from_the_one_before(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_stage(name, recipe, args, out):
+        calls.append((name, args.model))
+        return tmp_path / name / "model"
+
+    monkeypatch.setattr(demo, "init_model_dir", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "corpus", lambda *a: [])
+    monkeypatch.setattr(demo, "run_stage", fake_stage)
+    args = demo.DemoArgs(out_dir=str(tmp_path), stage_steps=["4", "4", "0"])
+    sft_dir = demo.train(args, tmp_path, {"caption": tmp_path / "c.jsonl", "sft": tmp_path / "s.jsonl"})
+    assert [name for name, _ in calls] == ["stage1", "stage2", "sft"]
+    assert calls[-1][1] == str(tmp_path / "stage2" / "model")
+    assert sft_dir == tmp_path / "sft" / "model"
