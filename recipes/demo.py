@@ -47,8 +47,7 @@ class DemoArgs:
     # videos (3D packing); several values = a seeded choice per video (chat-time automatic packing gives short clips 1)
     batch_size: int = 8
     max_length: int = 512
-    stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of pre-training stages 1, 2, 3
-    # (0 skips a stage)
+    stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of stages 1, 2, 3 (0 = skip)
     pretrain_lr: float = 2e-3
     sft_steps: int = 200
     sft_lr: float = 1e-3

@@ -144,14 +144,14 @@ def attention_spread(model: MiniCPMV, processor: Processor, n_images: int = 8) -
     r = model.resampler
     heads, eff, distinct = r.cfg.num_heads, [], []
     with torch.no_grad():
+        q = r.queries()  # [Q, D], the same for every image
+        hd = q.shape[-1] // heads
         for i in range(n_images):
             slices, sizes = slices_of(processor, [make("color", "test", i)["image"]])
             x = model.vpm(slices, sizes).hidden[0]  # [L, D_vision]
             k, _ = r.keys_values(x, [tuple(sizes[0].tolist())])  # [L, D]
-            q = r.queries()  # [Q, D]
-            hd = q.shape[-1] // heads
-            a = torch.stack([torch.softmax(q[:, h * hd:(h + 1) * hd] @ k[:, h * hd:(h + 1) * hd].T / hd**0.5, -1)
-                             for h in range(heads)])  # [H, Q, L]
+            scores = torch.einsum("qhd,khd->hqk", q.view(-1, heads, hd), k.view(-1, heads, hd)) / hd**0.5
+            a = scores.softmax(-1)  # [H, Q, L]
             eff.append((1 / (a**2).sum(-1)).mean().item())
             distinct.append(len(set(a.argmax(-1).flatten().tolist())))
     return {"effective_keys": sum(eff) / len(eff), "distinct_patches": sum(distinct) / len(distinct),
