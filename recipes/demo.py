@@ -1,5 +1,5 @@
-"""The embedded demo model, end to end: synthetic data -> tokenizer + random init -> pre-training stages
-1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out evaluation -> the
+"""The embedded demo model, end to end: synthetic data -> tokenizer + random init -> vision pre-training on
+caption tags (the stand-in for a pre-trained SigLIP tower) -> pre-training stages 1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out evaluation -> the
 shipped bfloat16 copy in minicpmv/assets/demo.
 
     .venv/bin/python recipes/demo.py --config configs/demo.toml            # or: bash runs/demo.sh
@@ -28,7 +28,7 @@ from minicpmv.data.synthetic.evaluate import as_json, evaluate, markdown_table
 from minicpmv.demo import DEMO_DIR, init_model_dir
 from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
-from minicpmv.train.cli import PretrainArgs, SFTArgs, load_recipe, parse_args
+from minicpmv.train.cli import PretrainArgs, SFTArgs, VisionTagArgs, load_recipe, parse_args
 
 SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json")
 
@@ -37,7 +37,7 @@ SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preproce
 class DemoArgs:
     """The demo pipeline (all sizes chosen for a 2-core CPU)."""
 
-    out_dir: str = "out/demo"  # run folder: data/, init/, stage1..3/, sft/, eval_*.json, timings.json
+    out_dir: str = "out/demo"  # run folder: data/, init/, tags/, stage1..3/, sft/, rl/, eval_*.json, timings.json
     seed: int = 0  # data, initialisation and training seed
     tokenizer_per_family: int = 200  # samples per task family whose text trains the BPE tokenizer
     caption_per_family: int = 60  # pre-training captions per task family
@@ -47,7 +47,10 @@ class DemoArgs:
     # videos (3D packing); several values = a seeded choice per video (chat-time automatic packing gives short clips 1)
     batch_size: int = 8
     max_length: int = 512
+    vision_tag_steps: int = 10  # vision pre-training on caption tags before stage 1 (recipes/vision_tags.py; 0 = skip)
+    vision_tag_eval_n: int = 2  # captioned images it holds out and scores
     stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of stages 1, 2, 3 (0 = skip)
+    vision_lr: float = 0.0  # peak LR of the vision tower and resampler in stages 1-3 and SFT (0 = the stage's LR)
     pretrain_lr: float = 2e-3
     sft_steps: int = 200
     sft_lr: float = 1e-3
@@ -96,13 +99,20 @@ def run_stage(name: str, recipe: str, args, out: Path) -> Path:
 
 
 def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
-    """init -> stage 1 (resampler) -> stage 2 (+ vision) -> stage 3 (all) -> SFT; the SFT model folder."""
+    """init -> caption tags (vision) -> stage 1 (resampler) -> stage 2 (+ vision) -> stage 3 (all) -> SFT; the
+    SFT model folder."""
     init = out / "init"
     if not (init / "config.json").is_file():
         init_model_dir(init, corpus(args.tokenizer_per_family, args.seed), seed=args.seed)
     common = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed, "parallel": "ddp",
-              "precision": args.precision, "packing": args.packing, "plot": False, "warmup_steps": 3}
+              "precision": args.precision, "packing": args.packing, "plot": False, "warmup_steps": 3,
+              "lr_vision": args.vision_lr, "lr_resampler": args.vision_lr}
     model = init
+    if args.vision_tag_steps:
+        tag_args = VisionTagArgs(model=str(model), data=[str(data["caption"])], steps=args.vision_tag_steps,
+                                 batch_size=args.batch_size, precision=args.precision, eval_n=args.vision_tag_eval_n,
+                                 eval_every=max(1, args.vision_tag_steps // 4), seed=args.seed, out_dir=str(out / "tags"))
+        model = run_stage("tags", "vision_tags", tag_args, out)
     for stage, steps in enumerate(int(s) for s in args.stage_steps):
         if steps == 0:  # a skipped stage: the next one starts from the previous model
             print(f"[demo] stage{stage + 1}: skipped (0 steps)", file=sys.stderr)

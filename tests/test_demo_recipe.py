@@ -22,7 +22,7 @@ def _run(out_dir):
 
 def test_pipeline_runs_every_stage_and_is_deterministic(tmp_path):
     result, digest, scores = _run(tmp_path / "a")
-    for stage in ("stage1", "stage2", "stage3", "sft", "rl"):
+    for stage in ("tags", "stage1", "stage2", "stage3", "sft", "rl"):
         assert (tmp_path / "a" / stage / "model" / "config.json").is_file(), stage
     assert result["model"].endswith("rl/model") and result["total_s"] > 0
     assert {s["mode"] for s in scores} == {"short", "long"}
@@ -33,17 +33,20 @@ def test_pipeline_runs_every_stage_and_is_deterministic(tmp_path):
 
 
 def test_a_zero_step_stage_is_skipped_and_the_next_starts_from_the_one_before(tmp_path, monkeypatch):
-    calls = []
+    calls, vision_lrs = [], []
 
     def fake_stage(name, recipe, args, out):
         calls.append((name, args.model))
+        vision_lrs.append(getattr(args, "lr_vision", None))
         return tmp_path / name / "model"
 
     monkeypatch.setattr(demo, "init_model_dir", lambda *a, **k: None)
     monkeypatch.setattr(demo, "corpus", lambda *a: [])
     monkeypatch.setattr(demo, "run_stage", fake_stage)
-    args = demo.DemoArgs(out_dir=str(tmp_path), stage_steps=["4", "4", "0"])
+    args = demo.DemoArgs(out_dir=str(tmp_path), stage_steps=["4", "4", "0"], vision_lr=1e-4)
     sft_dir = demo.train(args, tmp_path, {"caption": tmp_path / "c.jsonl", "sft": tmp_path / "s.jsonl"})
-    assert [name for name, _ in calls] == ["stage1", "stage2", "sft"]
+    assert [name for name, _ in calls] == ["tags", "stage1", "stage2", "sft"]
+    assert calls[1][1] == str(tmp_path / "tags" / "model")  # stage 1 starts from the tag-trained vision tower
     assert calls[-1][1] == str(tmp_path / "stage2" / "model")
     assert sft_dir == tmp_path / "sft" / "model"
+    assert vision_lrs == [None, 1e-4, 1e-4, 1e-4]  # the tag stage has its own LR; the later stages get vision_lr

@@ -2,6 +2,7 @@
 
     minicpmv train pretrain --config configs/pretrain_tiny.toml --stage 2 --steps 50
     minicpmv train sft --config configs/sft_lora_tiny.toml
+    minicpmv train vision-tags --model out/demo/init --data out/demo/data/train_caption_p3_s0.jsonl
     minicpmv train export runs/sft runs/sft/model        # checkpoint (or run folder) -> official format
     minicpmv train merge-lora --base MODEL --adapter runs/sft/adapter --out merged
 
@@ -103,6 +104,27 @@ class SFTArgs(TrainArgs):
     out_dir: str = "runs/sft"
 
 
+@dataclass
+class VisionTagArgs:
+    """Vision pre-training on caption tags (minicpmv/train/tags.py): the vision tower and the resampler learn
+    to predict each image's caption n-grams, before stage 1 of a model trained from scratch."""
+
+    model: str = ""  # model folder (official format) to start from, e.g. a fresh init
+    data: list[str] = field(default_factory=list)  # caption datasets (.json / .jsonl, official format; the
+    # last assistant turn is the caption); records with a video or with other than one image are skipped
+    tags: int = 512  # tag vocabulary: the caption token n-grams (n <= 2) found in most training images
+    tag_min_count: int = 2  # ... and in at least this many
+    steps: int = 1000
+    lr: float = 1e-3  # peak LR (warmup 10 steps, cosine to a tenth)
+    batch_size: int = 16  # images per step
+    weight_decay: float = 0.1
+    precision: str = "bf16"  # bf16 autocast | fp32
+    eval_n: int = 200  # the last eval_n usable images of --data are held out and scored (exact tag set, F1)
+    eval_every: int = 250
+    seed: int = 0
+    out_dir: str = "runs/vision_tags"  # metrics.jsonl, tags.json (the vocabulary, decoded) and model/
+
+
 # ---- dataclass <-> flags / config file ------------------------------------------------------------------
 def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
@@ -172,10 +194,11 @@ def resolved_config(args: Any) -> dict[str, Any]:
 
 # ---- `minicpmv train ...` -----------------------------------------------------------------------------
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `train {pretrain,sft,export,merge-lora}` to the `minicpmv` command."""
+    """Add `train {pretrain,sft,vision-tags,export,merge-lora}` to the `minicpmv` command."""
     sub = command_group(subparsers, "train", "pre-train / fine-tune (with LoRA), export checkpoints, merge LoRA")
-    for name, cls in (("pretrain", PretrainArgs), ("sft", SFTArgs)):
-        p = sub.add_parser(name, help=cls.__doc__.splitlines()[0], parents=[build_parser(cls, name)], add_help=False)
+    for name, cls in (("pretrain", PretrainArgs), ("sft", SFTArgs), ("vision_tags", VisionTagArgs)):
+        command = name.replace("_", "-")  # `minicpmv train vision-tags` runs recipes/vision_tags.py
+        p = sub.add_parser(command, help=cls.__doc__.splitlines()[0], parents=[build_parser(cls, command)], add_help=False)
         p.set_defaults(func=lambda ns, name=name, cls=cls: _run_recipe(name, cls, ns))
     p = sub.add_parser("export", help="checkpoint -> model folder in the official format (LoRA merged)")
     p.add_argument("checkpoint", help="a checkpoint folder (step-XXXXXX) or a run folder (its latest checkpoint)")
