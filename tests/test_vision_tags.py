@@ -86,3 +86,14 @@ def test_too_few_images_for_the_held_out_set_is_a_clear_error(tmp_path):
                          out_dir=str(tmp_path / "run"))
     with pytest.raises(InputError, match="no caption tag is in 3 or more of the 1 training captions"):
         recipe.main(args)
+
+
+def test_cli_runs_the_recipe_and_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    from minicpmv import cli
+
+    data = write_split(tmp_path / "data", ["color"], "train", 2, seed=0, form="caption")
+    argv = ["train", "vision-tags", "--model", str(DEMO_DIR), "--data", str(data), "--eval-n", "5",
+            "--out-dir", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 single-image records" in err and "Traceback" not in err

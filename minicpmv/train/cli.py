@@ -106,8 +106,9 @@ class SFTArgs(TrainArgs):
 
 @dataclass
 class VisionTagArgs:
-    """Vision pre-training on caption tags (minicpmv/train/tags.py): the vision tower and the resampler learn
-    to predict each image's caption n-grams, before stage 1 of a model trained from scratch."""
+    """Vision pre-training on caption tags: the vision tower + resampler learn each image's caption n-grams.
+
+    Runs before stage 1 of a model trained from scratch (minicpmv/train/tags.py, recipes/vision_tags.py)."""
 
     model: str = ""  # model folder (official format) to start from, e.g. a fresh init
     data: list[str] = field(default_factory=list)  # caption datasets (.json / .jsonl, official format; the
