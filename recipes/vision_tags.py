@@ -131,9 +131,10 @@ def main(args: VisionTagArgs) -> dict:
     # 5. the model without the heads, in the official format
     model.save_pretrained(out / "model")
     copy_model_files(Path(args.model), out / "model")
-    last = next(r for r in reversed(log) if "vit_exact" in r) if log else {}
+    scored = next((r for r in reversed(log) if "vit_exact" in r), {})  # the last held-out evaluation
     return {"steps": args.steps, "seconds": time.perf_counter() - began, "tags": len(vocabulary),
-            "final_loss": log[-1]["loss"] if log else None, **{k: v for k, v in last.items() if "_" in k}}
+            "final_loss": log[-1]["loss"] if log else None,
+            **{k: v for k, v in scored.items() if k.startswith(("vit_", "resampler_"))}}
 
 
 if __name__ == "__main__":

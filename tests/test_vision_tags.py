@@ -70,6 +70,7 @@ def test_tiny_run_learns_tags_and_exports_a_model_with_the_llm_untouched(tmp_pat
     assert rows[-1]["loss"] < rows[0]["loss"]
     tags = json.loads((tmp_path / "run" / "tags.json").read_text())
     assert result["tags"] == len(tags) > 0 and any("circle" in t for t in tags)
+    assert result["resampler_f1"] == rows[-1]["resampler_f1"] and "lr" not in result
     before = MiniCPMV.from_pretrained(DEMO_DIR, dtype=torch.float32).state_dict()
     after = MiniCPMV.from_pretrained(tmp_path / "run" / "model", dtype=torch.float32).state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
