@@ -27,7 +27,8 @@ from minicpmv.processor.processor import Processor
 from minicpmv.train.checkpoint import copy_model_files
 from minicpmv.train.cli import VisionTagArgs, parse_args, resolved_config
 from minicpmv.train.optim import Schedule, build_scheduler
-from minicpmv.train.tags import TagHeads, caption_tags, multi_hot, pooled_features, tag_loss, tag_scores, tag_vocabulary
+from minicpmv.train.tags import (TagHeads, caption_tags, caption_words, multi_hot, pooled_features, tag_loss, tag_scores,
+                                 tag_vocabulary)
 
 
 def image_captions(files: list[str]) -> tuple[list[tuple[RecordFile, int]], list[str], int]:
@@ -74,7 +75,7 @@ def main(args: VisionTagArgs) -> dict:
     if len(where) <= args.eval_n:
         raise InputError(f"{len(where)} single-image records in {args.data} ({skipped} skipped), but --eval-n is "
                          f"{args.eval_n}: give more captioned images or a smaller --eval-n")
-    tag_sets = [caption_tags(processor.tokenizer.encode(c)) for c in captions]
+    tag_sets = [caption_tags(caption_words(c)) for c in captions]
     train_n = len(where) - args.eval_n
     vocabulary = tag_vocabulary(tag_sets[:train_n], args.tags, args.tag_min_count)
     if not vocabulary:
@@ -83,7 +84,7 @@ def main(args: VisionTagArgs) -> dict:
     targets = multi_hot(tag_sets, vocabulary)  # [images, K]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tags.json").write_text(json.dumps([processor.tokenizer.decode(list(t)) for t in vocabulary]) + "\n")
+    (out / "tags.json").write_text(json.dumps([" ".join(t) for t in vocabulary]) + "\n")
     print(f"[tags] {train_n} training images, {args.eval_n} held out, {skipped} records skipped, "
           f"{len(vocabulary)} tags", file=sys.stderr)
 

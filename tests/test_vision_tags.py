@@ -13,24 +13,27 @@ from minicpmv.errors import InputError
 from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
 from minicpmv.train.cli import VisionTagArgs, load_recipe
-from minicpmv.train.tags import caption_tags, multi_hot, pooled_features, tag_scores, tag_vocabulary
+from minicpmv.train.tags import caption_tags, caption_words, multi_hot, pooled_features, tag_scores, tag_vocabulary
 
 recipe = load_recipe("vision_tags")
 
 
-def test_tags_are_unigrams_and_bigrams_so_binding_differs():
-    assert caption_tags([5, 9, 5]) == {(5,), (9,), (5, 9), (9, 5)}
-    red_square_blue_circle, blue_square_red_circle = caption_tags([1, 2, 3, 4]), caption_tags([3, 2, 1, 4])
+def test_tags_are_word_unigrams_and_bigrams_so_binding_differs():
+    assert caption_words("Red square, blue circle") == ["red", "square", "blue", "circle"]
+    assert caption_tags(["red", "square", "red"]) == {("red",), ("square",), ("red", "square"), ("square", "red")}
+    red_square_blue_circle = caption_tags(caption_words("red square, blue circle"))
+    blue_square_red_circle = caption_tags(caption_words("blue square, red circle"))
+    assert ("red", "square") in red_square_blue_circle and ("red", "square") not in blue_square_red_circle
     unigrams = lambda tags: {t for t in tags if len(t) == 1}
     assert unigrams(red_square_blue_circle) == unigrams(blue_square_red_circle)
     assert red_square_blue_circle != blue_square_red_circle
 
 
 def test_vocabulary_keeps_the_most_frequent_tags_deterministically():
-    sets = [{(1,), (2,)}, {(1,)}, {(1,), (3,)}]
-    assert tag_vocabulary(sets, 2, min_count=1) == [(1,), (2,)]
-    assert tag_vocabulary(sets, 5, min_count=2) == [(1,)]
-    targets = multi_hot([{(2,), (7,)}, set()], [(1,), (2,)])
+    sets = [{("red",), ("blue",)}, {("red",)}, {("red",), ("green",)}]
+    assert tag_vocabulary(sets, 2, min_count=1) == [("red",), ("blue",)]
+    assert tag_vocabulary(sets, 5, min_count=2) == [("red",)]
+    targets = multi_hot([{("blue",), ("pink",)}, set()], [("red",), ("blue",)])
     assert targets.tolist() == [[0.0, 1.0], [0.0, 0.0]]
 
 

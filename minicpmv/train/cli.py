@@ -113,7 +113,7 @@ class VisionTagArgs:
     model: str = ""  # model folder (official format) to start from, e.g. a fresh init
     data: list[str] = field(default_factory=list)  # caption datasets (.json / .jsonl, official format; the
     # last assistant turn is the caption); records with a video or with other than one image are skipped
-    tags: int = 512  # tag vocabulary: the caption token n-grams (n <= 2) found in most training images
+    tags: int = 512  # tag vocabulary: the caption word n-grams (n <= 2) found in most training images
     tag_min_count: int = 2  # ... and in at least this many
     steps: int = 1000
     lr: float = 1e-3  # peak LR (warmup 10 steps, cosine to a tenth)

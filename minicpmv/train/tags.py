@@ -3,7 +3,7 @@
 MiniCPM-V 4.5 starts from a SigLIP vision tower that was pre-trained elsewhere; a model trained from scratch
 (the embedded demo model, recipes/demo.py) has none, and its vision tower learns too slowly through the
 LLM's next-token loss (docs/demo-model.md). This is the stand-in: every image's caption becomes a set of
-tags, its token unigrams and adjacent token bigrams ("red", "square", "red square"), and two linear heads
+tags, its word unigrams and adjacent word bigrams ("red", "square", "red square"), and two linear heads
 learn to predict the set (sigmoid per tag, as in CatLIP-style caption classification), one on the
 max-pooled patches of the vision tower, one on the max-pooled 64 (here 32) resampler tokens the LLM will
 read. The bigrams carry the binding: "red square, blue circle" and "blue square, red circle" have the
@@ -14,6 +14,7 @@ Pure functions and one small module; recipes/vision_tags.py runs the loop.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -22,22 +23,29 @@ from torch import nn
 
 from minicpmv.model.minicpmv import MiniCPMV, vit_in_chunks
 
-Tag = tuple[int, ...]
+Tag = tuple[str, ...]
 
 
-def caption_tags(ids: Sequence[int], max_n: int = 2) -> set[Tag]:
-    """The distinct token n-grams (n = 1..max_n) of one caption's token ids.
+def caption_words(caption: str) -> list[str]:
+    """Lower-case words and numbers, punctuation dropped: tags made of BPE tokens would split one pair over
+    several spellings ('red', ' red' and ' square' vs ' square,'). Example: 'Red square, blue circle' ->
+    ['red', 'square', 'blue', 'circle']."""
+    return re.findall(r"\w+", caption.lower())
 
-    Example: ids [5, 9, 5] (say 'red', ' square', 'red') -> {(5,), (9,), (5, 9), (9, 5)}."""
-    return {tuple(ids[i:i + n]) for n in range(1, max_n + 1) for i in range(len(ids) - n + 1)}
+
+def caption_tags(words: Sequence[str], max_n: int = 2) -> set[Tag]:
+    """The distinct n-grams (n = 1..max_n) of one caption's words.
+
+    Example: ['red', 'square', 'red'] -> {('red',), ('square',), ('red', 'square'), ('square', 'red')}."""
+    return {tuple(words[i:i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1)}
 
 
 def tag_vocabulary(tag_sets: Iterable[set[Tag]], size: int, min_count: int = 5) -> list[Tag]:
     """The `size` tags found in the most captions (at least `min_count` of them), most frequent first;
     ties broken by the tag itself so the vocabulary is deterministic.
 
-    Example: sets [{(1,), (2,)}, {(1,)}, {(1,), (3,)}], size 2, min_count 1 -> [(1,), (2,)] ((2,) and
-    (3,) both appear once; (2,) < (3,))."""
+    Example: sets [{red, blue}, {red}, {red, green}] (one-word tags), size 2, min_count 1 -> [red, blue] (blue and
+    green both appear once; 'blue' < 'green')."""
     counts = Counter(tag for tags in tag_sets for tag in tags)
     ranked = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
     return ranked[:size]
