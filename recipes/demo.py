@@ -1,6 +1,7 @@
-"""The embedded demo model, end to end: synthetic data -> tokenizer + random init -> vision pre-training on
-caption tags (the stand-in for a pre-trained SigLIP tower) -> pre-training stages 1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out evaluation -> the
-shipped bfloat16 copy in minicpmv/assets/demo.
+"""The embedded demo model, end to end: synthetic data -> tokenizer + random init -> (optional) vision
+pre-training on caption tags, the stand-in for a pre-trained SigLIP tower -> pre-training stages 1, 2, 3 -> SFT
+(short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out evaluation -> the shipped bfloat16 copy
+in minicpmv/assets/demo.
 
     .venv/bin/python recipes/demo.py --config configs/demo.toml            # or: bash runs/demo.sh
     .venv/bin/python recipes/demo.py --config configs/demo.toml --seed 1 --out-dir out/demo-seed1 --no-ship
@@ -111,7 +112,8 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
     if args.vision_tag_steps:
         tag_args = VisionTagArgs(model=str(model), data=[str(data["caption"])], steps=args.vision_tag_steps,
                                  batch_size=args.batch_size, precision=args.precision, eval_n=args.vision_tag_eval_n,
-                                 eval_every=max(1, args.vision_tag_steps // 4), seed=args.seed, out_dir=str(out / "tags"))
+                                 eval_every=max(1, args.vision_tag_steps // 4), seed=args.seed,
+                                 out_dir=str(out / "tags"))
         model = run_stage("tags", "vision_tags", tag_args, out)
     for stage, steps in enumerate(int(s) for s in args.stage_steps):
         if steps == 0:  # a skipped stage: the next one starts from the previous model

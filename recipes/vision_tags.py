@@ -6,8 +6,8 @@ scratch lacks (minicpmv/train/tags.py). Runs before stage 1 of the demo pipeline
 
 Trains the vision tower and the resampler (the LLM is untouched) with two linear tag heads, one process,
 AdamW, warmup then cosine. Writes <out-dir>/metrics.jsonl (loss every step, held-out scores every
---eval-every steps), tags.json (the vocabulary, decoded) and <out-dir>/model (official format; the heads are
-dropped). Reads top to bottom; returns the run summary.
+--eval-every steps), tags.json (the vocabulary, one string per tag) and <out-dir>/model (official format;
+the heads are dropped). Reads top to bottom; returns the run summary.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from minicpmv.processor.processor import Processor
 from minicpmv.train.checkpoint import copy_model_files
 from minicpmv.train.cli import VisionTagArgs, parse_args, resolved_config
 from minicpmv.train.optim import Schedule, build_scheduler
-from minicpmv.train.tags import (TagHeads, caption_tags, caption_words, multi_hot, pooled_features, tag_loss, tag_scores,
-                                 tag_vocabulary)
+from minicpmv.train.tags import (TagHeads, caption_tags, caption_words, multi_hot, pooled_features, tag_loss,
+                                 tag_scores, tag_vocabulary)
 
 
 def image_captions(files: list[str]) -> tuple[list[tuple[RecordFile, int]], list[str], int]:

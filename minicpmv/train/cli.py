@@ -123,7 +123,7 @@ class VisionTagArgs:
     eval_n: int = 200  # the last eval_n usable images of --data are held out and scored (exact tag set, F1)
     eval_every: int = 250
     seed: int = 0
-    out_dir: str = "runs/vision_tags"  # metrics.jsonl, tags.json (the vocabulary, decoded) and model/
+    out_dir: str = "runs/vision_tags"  # metrics.jsonl, tags.json (the vocabulary) and model/
 
 
 # ---- dataclass <-> flags / config file ------------------------------------------------------------------
@@ -199,7 +199,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = command_group(subparsers, "train", "pre-train / fine-tune (with LoRA), export checkpoints, merge LoRA")
     for name, cls in (("pretrain", PretrainArgs), ("sft", SFTArgs), ("vision_tags", VisionTagArgs)):
         command = name.replace("_", "-")  # `minicpmv train vision-tags` runs recipes/vision_tags.py
-        p = sub.add_parser(command, help=cls.__doc__.splitlines()[0], parents=[build_parser(cls, command)], add_help=False)
+        p = sub.add_parser(command, help=cls.__doc__.splitlines()[0], parents=[build_parser(cls, command)],
+                           add_help=False)
         p.set_defaults(func=lambda ns, name=name, cls=cls: _run_recipe(name, cls, ns))
     p = sub.add_parser("export", help="checkpoint -> model folder in the official format (LoRA merged)")
     p.add_argument("checkpoint", help="a checkpoint folder (step-XXXXXX) or a run folder (its latest checkpoint)")

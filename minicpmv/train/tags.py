@@ -5,9 +5,9 @@ MiniCPM-V 4.5 starts from a SigLIP vision tower that was pre-trained elsewhere; 
 LLM's next-token loss (docs/demo-model.md). This is the stand-in: every image's caption becomes a set of
 tags, its word unigrams and adjacent word bigrams ("red", "square", "red square"), and two linear heads
 learn to predict the set (sigmoid per tag, as in CatLIP-style caption classification), one on the
-max-pooled patches of the vision tower, one on the max-pooled 64 (here 32) resampler tokens the LLM will
-read. The bigrams carry the binding: "red square, blue circle" and "blue square, red circle" have the
-same unigrams but different bigrams.
+max-pooled patches of the vision tower, one on the max-pooled resampler tokens the LLM will read. The
+bigrams carry the binding: "red square, blue circle" and "blue square, red circle" have the same unigrams
+but different bigrams.
 
 Pure functions and one small module; recipes/vision_tags.py runs the loop.
 """
