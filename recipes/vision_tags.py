@@ -32,14 +32,15 @@ from minicpmv.train.tags import (TagHeads, caption_tags, caption_words, multi_ho
 
 
 def image_captions(files: list[str]) -> tuple[list[tuple[RecordFile, int]], list[str], int]:
-    """(file, record) of every record with exactly one image and no video, its caption (the last assistant
-    turn), and how many records were skipped."""
+    """(file, record) of every official-format record with exactly one image and no video, its caption (the last
+    turn), and how many records were skipped (others, LLaMA-Factory `messages` records included)."""
     where, captions, skipped = [], [], 0
     for name in files:
         f = RecordFile(name)
         for i in range(len(f)):
             record = f.read(i)
-            if not isinstance(record.get("image"), str) or "video" in record:
+            usable = isinstance(record, dict) and isinstance(record.get("image"), str) and "video" not in record
+            if not usable or not record.get("conversations"):
                 skipped += 1
                 continue
             where.append((f, i))

@@ -92,6 +92,17 @@ def test_too_few_images_for_the_held_out_set_is_a_clear_error(tmp_path):
         recipe.main(args)
 
 
+def test_records_without_one_image_and_conversations_are_skipped_not_a_crash(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"image": "a.png", "conversations": [{"role": "user", "content": "<image>"},
+                                                  {"role": "assistant", "content": "red square"}]},
+            {"image": "b.png", "messages": [{"role": "assistant", "content": "x"}]}, ["not", "a", "record"],
+            {"image": {"<image_00>": "c.png"}, "conversations": []}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    where, captions, skipped = recipe.image_captions([str(path)])
+    assert [i for _, i in where] == [0] and captions == ["red square"] and skipped == 3
+
+
 def test_cli_runs_the_recipe_and_reports_bad_input_without_a_traceback(tmp_path, capsys):
     from minicpmv import cli
 
