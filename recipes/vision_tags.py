@@ -27,7 +27,7 @@ from minicpmv.processor.processor import Processor
 from minicpmv.train.checkpoint import copy_model_files
 from minicpmv.train.cli import VisionTagArgs, parse_args, resolved_config
 from minicpmv.train.optim import Schedule, build_scheduler
-from minicpmv.train.tags import (TagHeads, caption_tags, caption_words, multi_hot, pooled_features, tag_loss,
+from minicpmv.train.tags import (TagHeads, caption_phrases, caption_tags, multi_hot, pooled_features, tag_loss,
                                  tag_scores, tag_vocabulary)
 
 
@@ -76,7 +76,9 @@ def main(args: VisionTagArgs) -> dict:
     if len(where) <= args.eval_n:
         raise InputError(f"{len(where)} single-image records in {args.data} ({skipped} skipped), but --eval-n is "
                          f"{args.eval_n}: give more captioned images or a smaller --eval-n")
-    tag_sets = [caption_tags(caption_words(c)) for c in captions]
+    if not args.ngrams or min(args.ngrams) < 1:
+        raise InputError(f"--ngrams {args.ngrams}: give one or more n-gram sizes of 1 or more, e.g. --ngrams 2")
+    tag_sets = [caption_tags(caption_phrases(c), args.ngrams) for c in captions]
     train_n = len(where) - args.eval_n
     vocabulary = tag_vocabulary(tag_sets[:train_n], args.tags, args.tag_min_count)
     if not vocabulary:

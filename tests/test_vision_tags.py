@@ -13,17 +13,20 @@ from minicpmv.errors import InputError
 from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
 from minicpmv.train.cli import VisionTagArgs, load_recipe
-from minicpmv.train.tags import caption_tags, caption_words, multi_hot, pooled_features, tag_scores, tag_vocabulary
+from minicpmv.train.tags import caption_phrases, caption_tags, multi_hot, pooled_features, tag_scores, tag_vocabulary
 
 recipe = load_recipe("vision_tags")
 
 
-def test_tags_are_word_unigrams_and_bigrams_so_binding_differs():
-    assert caption_words("Red square, blue circle") == ["red", "square", "blue", "circle"]
-    assert caption_tags(["red", "square", "red"]) == {("red",), ("square",), ("red", "square"), ("square", "red")}
-    red_square_blue_circle = caption_tags(caption_words("red square, blue circle"))
-    blue_square_red_circle = caption_tags(caption_words("blue square, red circle"))
+def test_tags_are_word_ngrams_inside_phrases_so_binding_differs():
+    assert caption_phrases("2 shapes: Red square, blue circle.") == [["2", "shapes"], ["red", "square"],
+                                                                     ["blue", "circle"]]
+    assert caption_tags([["red", "square", "red"], ["blue"]]) == {("red",), ("square",), ("blue",),
+                                                                  ("red", "square"), ("square", "red")}
+    red_square_blue_circle = caption_tags(caption_phrases("red square, blue circle"))
+    blue_square_red_circle = caption_tags(caption_phrases("blue square, red circle"))
     assert ("red", "square") in red_square_blue_circle and ("red", "square") not in blue_square_red_circle
+    assert ("square", "blue") not in red_square_blue_circle  # no bigram across a comma
     unigrams = lambda tags: {t for t in tags if len(t) == 1}
     assert unigrams(red_square_blue_circle) == unigrams(blue_square_red_circle)
     assert red_square_blue_circle != blue_square_red_circle

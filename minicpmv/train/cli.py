@@ -113,7 +113,8 @@ class VisionTagArgs:
     model: str = ""  # model folder (official format) to start from, e.g. a fresh init
     data: list[str] = field(default_factory=list)  # caption datasets (.json / .jsonl, official format; the
     # last assistant turn is the caption); records with a video or with other than one image are skipped
-    tags: int = 512  # tag vocabulary: the caption word n-grams (n <= 2) found in most training images
+    tags: int = 512  # tag vocabulary: the caption word n-grams found in most training images
+    ngrams: list[int] = field(default_factory=lambda: [2])  # n-gram sizes within a phrase (1 2 adds words)
     tag_min_count: int = 2  # ... and in at least this many
     steps: int = 1000
     lr: float = 1e-3  # peak LR (warmup 10 steps, cosine to a tenth)
@@ -137,8 +138,8 @@ def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"default": None, "help": f"{comments.get(f.name, '')} (default: {default!r})"}
         if typ in (bool, bool | None):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typ == list[str]:
-            parser.add_argument(flag, nargs="+", **kwargs)
+        elif typ in (list[str], list[int]):
+            parser.add_argument(flag, nargs="+", type=typing.get_args(typ)[0], **kwargs)
         else:
             parser.add_argument(flag, type=typ, **kwargs)
     return parser

@@ -3,11 +3,12 @@
 MiniCPM-V 4.5 starts from a SigLIP vision tower that was pre-trained elsewhere; a model trained from scratch
 (the embedded demo model, recipes/demo.py) has none, and its vision tower learns too slowly through the
 LLM's next-token loss (docs/demo-model.md). This is the stand-in: every image's caption becomes a set of
-tags, its word unigrams and adjacent word bigrams ("red", "square", "red square"), and two linear heads
+tags, the adjacent word pairs inside its phrases ("red square", "5 shapes"), and two linear heads
 learn to predict the set (sigmoid per tag, as in CatLIP-style caption classification), one on the
 max-pooled patches of the vision tower, one on the max-pooled resampler tokens the LLM will read. The
-bigrams carry the binding: "red square, blue circle" and "blue square, red circle" have the same unigrams
-but different bigrams.
+bigrams carry the binding: "red square, blue circle" and "blue square, red circle" have the same words but
+different bigrams. Unigram tags can be fitted without binding, and with them the features carried less of
+the shape (docs/demo-model.md), so by default the tags are bigrams only.
 
 Pure functions and one small module; recipes/vision_tags.py runs the loop.
 """
@@ -26,18 +27,21 @@ from minicpmv.model.minicpmv import MiniCPMV, vit_in_chunks
 Tag = tuple[str, ...]
 
 
-def caption_words(caption: str) -> list[str]:
-    """Lower-case words and numbers, punctuation dropped: tags made of BPE tokens would split one pair over
-    several spellings ('red', ' red' and ' square' vs ' square,'). Example: 'Red square, blue circle' ->
-    ['red', 'square', 'blue', 'circle']."""
-    return re.findall(r"\w+", caption.lower())
+def caption_phrases(caption: str) -> list[list[str]]:
+    """The caption's phrases (split at , . ; : ! ?), each as lower-case words and numbers. Tags made of BPE
+    tokens would split one pair over several spellings ('red', ' red' and ' square' vs ' square,'), and a
+    bigram across a comma names no object ('square blue'). Example: '2 shapes: Red square, blue circle' ->
+    [['2', 'shapes'], ['red', 'square'], ['blue', 'circle']]."""
+    phrases = (re.findall(r"\w+", p) for p in re.split(r"[,.;:!?]", caption.lower()))
+    return [p for p in phrases if p]
 
 
-def caption_tags(words: Sequence[str], max_n: int = 2) -> set[Tag]:
-    """The distinct n-grams (n = 1..max_n) of one caption's words.
+def caption_tags(phrases: Sequence[Sequence[str]], sizes: Sequence[int] = (1, 2)) -> set[Tag]:
+    """The distinct n-grams (n in `sizes`) inside each phrase of one caption.
 
-    Example: ['red', 'square', 'red'] -> {('red',), ('square',), ('red', 'square'), ('square', 'red')}."""
-    return {tuple(words[i:i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1)}
+    Example: [['red', 'square', 'red'], ['blue']] -> {('red',), ('square',), ('blue',), ('red', 'square'),
+    ('square', 'red')}; with sizes (2,) only the two bigrams."""
+    return {tuple(p[i:i + n]) for p in phrases for n in sizes for i in range(len(p) - n + 1)}
 
 
 def tag_vocabulary(tag_sets: Iterable[set[Tag]], size: int, min_count: int = 5) -> list[Tag]:
