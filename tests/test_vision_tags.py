@@ -115,3 +115,14 @@ def test_cli_runs_the_recipe_and_reports_bad_input_without_a_traceback(tmp_path,
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "2 single-image records" in err and "Traceback" not in err
+    argv[argv.index("--eval-n") + 1] = "1"
+    assert cli.main(argv + ["--ngrams", "0", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--ngrams [0, 2]" in err and "Traceback" not in err
+
+
+def test_ngram_sizes_parse_as_integers():
+    from minicpmv.train.cli import parse_args
+
+    assert parse_args(VisionTagArgs, ["--ngrams", "1", "2"]).ngrams == [1, 2]
+    assert VisionTagArgs().ngrams == [2]
