@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/readme_command.py [--runs 3]
 
-Runs `python -m minicpmv.cli chat --image examples/shapes.png --temperature 0 "What colour is the circle?"`
+Runs `python -m minicpmv.cli chat --image examples/shapes.png --temperature 0 "What colour is the square?"`
 in a fresh process each time (interpreter start, imports, model load, pre-processing, generation) and
 prints each run's seconds and answer, then the median. `bash scripts/run.sh` adds only the set-up check
 (a stamp file) on a machine where the venv already exists.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ["-m", "minicpmv.cli", "chat", "--image", "examples/shapes.png", "--temperature", "0",
-           "What colour is the circle?"]
+           "What colour is the square?"]
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from minicpmv.demo import DEMO_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 # The README's run command: bash scripts/run.sh chat --image examples/shapes.png --temperature 0 "<question>"
-README_QUESTION = "What colour is the circle?"
-README_ANSWER = "red"
+README_QUESTION = "What colour is the square?"
+README_ANSWER = "blue"
 
 pytestmark = pytest.mark.skipif(not (DEMO_DIR / "SHA256SUMS").is_file(), reason=f"no demo model in {DEMO_DIR}")
 
