@@ -21,10 +21,11 @@ recipe = load_recipe("vision_tags")
 def test_tags_are_word_ngrams_inside_phrases_so_binding_differs():
     assert caption_phrases("2 shapes: Red square, blue circle.") == [["2", "shapes"], ["red", "square"],
                                                                      ["blue", "circle"]]
-    assert caption_tags([["red", "square", "red"], ["blue"]]) == {("red",), ("square",), ("blue",),
-                                                                  ("red", "square"), ("square", "red")}
-    red_square_blue_circle = caption_tags(caption_phrases("red square, blue circle"))
-    blue_square_red_circle = caption_tags(caption_phrases("blue square, red circle"))
+    assert caption_tags([["red", "square", "red"], ["blue"]]) == {("red", "square"), ("square", "red")}
+    assert caption_tags([["red", "square", "red"], ["blue"]], (1, 2)) == {("red",), ("square",), ("blue",),
+                                                                          ("red", "square"), ("square", "red")}
+    red_square_blue_circle = caption_tags(caption_phrases("red square, blue circle"), (1, 2))
+    blue_square_red_circle = caption_tags(caption_phrases("blue square, red circle"), (1, 2))
     assert ("red", "square") in red_square_blue_circle and ("red", "square") not in blue_square_red_circle
     assert ("square", "blue") not in red_square_blue_circle  # no bigram across a comma
     unigrams = lambda tags: {t for t in tags if len(t) == 1}

@@ -36,11 +36,11 @@ def caption_phrases(caption: str) -> list[list[str]]:
     return [p for p in phrases if p]
 
 
-def caption_tags(phrases: Sequence[Sequence[str]], sizes: Sequence[int] = (1, 2)) -> set[Tag]:
+def caption_tags(phrases: Sequence[Sequence[str]], sizes: Sequence[int] = (2,)) -> set[Tag]:
     """The distinct n-grams (n in `sizes`) inside each phrase of one caption.
 
-    Example: [['red', 'square', 'red'], ['blue']] -> {('red',), ('square',), ('blue',), ('red', 'square'),
-    ('square', 'red')}; with sizes (2,) only the two bigrams."""
+    Example: [['red', 'square', 'red'], ['blue']] -> {('red', 'square'), ('square', 'red')}; with sizes (1, 2)
+    also ('red',), ('square',) and ('blue',)."""
     return {tuple(p[i:i + n]) for p in phrases for n in sizes for i in range(len(p) - n + 1)}
 
 
