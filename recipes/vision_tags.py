@@ -67,6 +67,8 @@ def main(args: VisionTagArgs) -> dict:
     print(json.dumps(resolved_config(args), indent=2), file=sys.stderr)
     if args.precision not in ("bf16", "fp32"):
         raise InputError(f"--precision {args.precision!r}: use bf16 or fp32")
+    if not args.ngrams or min(args.ngrams) < 1:
+        raise InputError(f"--ngrams {args.ngrams}: give one or more n-gram sizes of 1 or more, e.g. --ngrams 2")
     model = MiniCPMV.from_pretrained(args.model, dtype=torch.float32)
     processor = Processor.from_pretrained(args.model)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -76,8 +78,6 @@ def main(args: VisionTagArgs) -> dict:
     if len(where) <= args.eval_n:
         raise InputError(f"{len(where)} single-image records in {args.data} ({skipped} skipped), but --eval-n is "
                          f"{args.eval_n}: give more captioned images or a smaller --eval-n")
-    if not args.ngrams or min(args.ngrams) < 1:
-        raise InputError(f"--ngrams {args.ngrams}: give one or more n-gram sizes of 1 or more, e.g. --ngrams 2")
     tag_sets = [caption_tags(caption_phrases(c), args.ngrams) for c in captions]
     train_n = len(where) - args.eval_n
     vocabulary = tag_vocabulary(tag_sets[:train_n], args.tags, args.tag_min_count)
