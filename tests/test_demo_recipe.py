@@ -13,9 +13,8 @@ demo = load_recipe("demo")
 
 def _run(out_dir):
     args = demo.DemoArgs(out_dir=str(out_dir), tokenizer_per_family=5, caption_per_family=2, sft_per_family=2,
-                         batch_size=4,
-                         stage_steps=["4", "4", "4"], sft_steps=4, rl_steps=1, rl_prompts=4, rl_prompts_per_step=2,
-                         rl_group_size=2, rl_max_new_tokens=8, eval_per_family=1, ship=False)
+                         batch_size=4, stage_steps=["4", "4", "4"], sft_steps=4, rl_steps=1, rl_prompts=4,
+                         rl_prompts_per_step=2, rl_group_size=2, rl_max_new_tokens=8, eval_per_family=1, ship=False)
     result = demo.main(args)
     weights = (out_dir / "rl" / "model" / "model.safetensors").read_bytes()
     return result, hashlib.sha256(weights).hexdigest(), json.loads((out_dir / "eval_rl.json").read_text())
