@@ -47,17 +47,26 @@ def messages_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [media, sample["question"]]}]
 
 
+def answer_all(service, samples: Sequence[dict[str, Any]], mode: str, max_new_tokens: int) -> list:
+    """Every sample asked once, greedily, all requests in flight together (greedy, so batching does not change
+    the answers): one `ChatResult` per sample, in order. service: a `minicpmv.chat.ChatService`."""
+    from minicpmv.inference.types import SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    ask = lambda sample: service.generate(messages_of(sample), params, enable_thinking=mode == "long")[0]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # concurrent requests share decode steps
+        return list(pool.map(ask, samples))
+
+
 def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_family: int = 25,
              modes: Sequence[str] = MODES, seed: int = 0, split: str = "test",
              max_new_tokens: tuple[int, int] = (16, 64), latency_samples: int = 2,
              transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[FamilyScore]:
-    """Scores per (family, mode) on the first `per_family` samples of `split`, all requests in flight
-    together (greedy, so batching does not change the answers); latency is then timed one request at
-    a time on the first `latency_samples` samples of each family.
+    """Scores per (family, mode) on the first `per_family` samples of `split` (`answer_all`); latency is then
+    timed one request at a time on the first `latency_samples` samples of each family.
     max_new_tokens: (short, long) generation budgets. transform: applied to every test sample first (e.g.
     re-grouping video frames for the packing ablation, recipes/packing_ablation.py)."""
     from minicpmv.chat import ChatService
-    from minicpmv.inference.types import SamplingParams
 
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
@@ -68,12 +77,8 @@ def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_fa
     latency: dict[tuple[str, str], list[float]] = {}
     try:
         for mode in modes:
-            thinking = mode == "long"
-            params = SamplingParams(max_new_tokens=max_new_tokens[thinking], temperature=0.0)
-            ask = lambda sample: service.generate(messages_of(sample), params, enable_thinking=thinking)[0]
-            with ThreadPoolExecutor(max_workers=16) as pool:  # concurrent requests share decode steps
-                results = list(pool.map(ask, samples))
-            for sample, result in zip(samples, results):
+            budget = max_new_tokens[mode == "long"]
+            for sample, result in zip(samples, answer_all(service, samples, mode, budget)):
                 right = normalize(result.answer) == normalize(sample["answer"])
                 tally.setdefault((sample["family"], mode), []).append((right, result.usage.visual_tokens))
                 if "level" in sample:  # doc pages: also per corruption level, as row "doc/low" etc.
@@ -81,7 +86,7 @@ def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_fa
                     tally.setdefault(row, []).append((right, result.usage.visual_tokens))
             for sample in samples[: latency_samples * len(families)]:  # one request at a time
                 began = time.perf_counter()
-                ask(sample)
+                answer_all(service, [sample], mode, budget)
                 latency.setdefault((sample["family"], mode), []).append(time.perf_counter() - began)
     finally:
         service.close()
