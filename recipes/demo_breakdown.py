@@ -70,17 +70,16 @@ def main() -> None:
     model, processor = load(args.model)
     service = ChatService(model, processor, max_batch_size=32)
     try:
-        color = list(iter_split(["color"], "test", args.per_family))
-        answers = [r.answer for r in answer_all(service, color, "short", 16)]
-        print(table("colour: shapes, question", by_group(color, answers,
-                                                          lambda s: f"{shapes_in(s)}, {s['question'].split()[0]}")))
-        count = list(iter_split(["count"], "test", args.per_family))
-        answers = [r.answer for r in answer_all(service, count, "short", 16)]
-        print("\n" + table("count: shapes", by_group(count, answers, shapes_in)))
+        groups = {"color": ("colour: shapes, question", lambda s: f"{shapes_in(s)}, {s['question'].split()[0]}"),
+                  "count": ("count: shapes", shapes_in)}
+        for family, (title, group) in groups.items():
+            samples = list(iter_split([family], "test", args.per_family))
+            answers = [r.answer for r in answer_all(service, samples, "short", 16)]
+            print(table(title, by_group(samples, answers, group)) + "\n")
         arith = list(iter_split(["arith"], "test", args.per_family))
         replies = [(r.reasoning or "", r.answer) for r in answer_all(service, arith, "long", 64)]
         counts = trace_reading(arith, replies)
-        print("\n" + table("arith, thinking mode", {k: (v, len(arith)) for k, v in counts.items()}))
+        print(table("arith, thinking mode", {k: (v, len(arith)) for k, v in counts.items()}))
     finally:
         service.close()
 

@@ -47,15 +47,20 @@ def messages_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [media, sample["question"]]}]
 
 
-def answer_all(service, samples: Sequence[dict[str, Any]], mode: str, max_new_tokens: int) -> list:
-    """Every sample asked once, greedily, all requests in flight together (greedy, so batching does not change
-    the answers): one `ChatResult` per sample, in order. service: a `minicpmv.chat.ChatService`."""
+def ask_one(service, sample: dict[str, Any], mode: str, max_new_tokens: int):
+    """One sample asked greedily in `mode` ('short' or 'long' = thinking): its `ChatResult`.
+    service: a `minicpmv.chat.ChatService`."""
     from minicpmv.inference.types import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    ask = lambda sample: service.generate(messages_of(sample), params, enable_thinking=mode == "long")[0]
+    return service.generate(messages_of(sample), params, enable_thinking=mode == "long")[0]
+
+
+def answer_all(service, samples: Sequence[dict[str, Any]], mode: str, max_new_tokens: int) -> list:
+    """`ask_one` for every sample, all requests in flight together (greedy, so batching does not change the
+    answers): one `ChatResult` per sample, in order."""
     with ThreadPoolExecutor(max_workers=16) as pool:  # concurrent requests share decode steps
-        return list(pool.map(ask, samples))
+        return list(pool.map(lambda sample: ask_one(service, sample, mode, max_new_tokens), samples))
 
 
 def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_family: int = 25,
@@ -86,7 +91,7 @@ def evaluate(model, processor, families: Sequence[str] = tuple(FAMILIES), per_fa
                     tally.setdefault(row, []).append((right, result.usage.visual_tokens))
             for sample in samples[: latency_samples * len(families)]:  # one request at a time
                 began = time.perf_counter()
-                answer_all(service, [sample], mode, budget)
+                ask_one(service, sample, mode, budget)
                 latency.setdefault((sample["family"], mode), []).append(time.perf_counter() - began)
     finally:
         service.close()
