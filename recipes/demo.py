@@ -1,7 +1,7 @@
 """The embedded demo model, end to end: synthetic data -> tokenizer + random init -> (optional) vision
-pre-training on caption tags, the stand-in for a pre-trained SigLIP tower -> pre-training stages 1, 2, 3 -> SFT
-(short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out evaluation -> the shipped bfloat16 copy
-in minicpmv/assets/demo.
+pre-training on caption tags and on a label per patch, the stand-in for a pre-trained SigLIP tower ->
+pre-training stages 1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out
+evaluation -> the shipped bfloat16 copy in minicpmv/assets/demo.
 
     .venv/bin/python recipes/demo.py --config configs/demo.toml            # or: bash runs/demo.sh
     .venv/bin/python recipes/demo.py --config configs/demo.toml --seed 1 --out-dir out/demo-seed1 --no-ship
@@ -29,7 +29,7 @@ from minicpmv.data.synthetic.evaluate import as_json, evaluate, markdown_table
 from minicpmv.demo import DEMO_DIR, init_model_dir
 from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
-from minicpmv.train.cli import PretrainArgs, SFTArgs, VisionTagArgs, load_recipe, parse_args
+from minicpmv.train.cli import PretrainArgs, SFTArgs, VisionDenseArgs, VisionTagArgs, load_recipe, parse_args
 
 SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json")
 
@@ -38,7 +38,7 @@ SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preproce
 class DemoArgs:
     """The demo pipeline (all sizes chosen for a 2-core CPU)."""
 
-    out_dir: str = "out/demo"  # run folder: data/, init/, tags/, stage1..3/, sft/, rl/, eval_*.json, timings.json
+    out_dir: str = "out/demo"  # run folder: data/, init/, tags/, dense/, stage1..3/, sft/, rl/, eval_*.json, timings.json
     seed: int = 0  # data, initialisation and training seed
     tokenizer_per_family: int = 200  # samples per task family whose text trains the BPE tokenizer
     caption_per_family: int = 60  # pre-training captions per task family
@@ -50,6 +50,8 @@ class DemoArgs:
     max_length: int = 512
     vision_tag_steps: int = 10  # vision pre-training on caption tags before stage 1 (recipes/vision_tags.py; 0 = skip)
     vision_tag_eval_n: int = 2  # captioned images it holds out and scores
+    vision_dense_steps: int = 10  # then a label per ViT patch (recipes/vision_dense.py; 0 = skip)
+    vision_dense_text_share: float = 0.5  # share of text images in the dense stage (the rest: shapes)
     stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of stages 1, 2, 3 (0 = skip)
     vision_lr: float = 0.0  # peak LR of the vision tower and resampler in stages 1-3 and SFT (0 = the stage's LR)
     pretrain_lr: float = 2e-3
@@ -100,8 +102,8 @@ def run_stage(name: str, recipe: str, args, out: Path) -> Path:
 
 
 def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
-    """init -> caption tags (vision) -> stage 1 (resampler) -> stage 2 (+ vision) -> stage 3 (all) -> SFT; the
-    SFT model folder."""
+    """init -> caption tags (vision) -> patch labels (vision) -> stage 1 (resampler) -> stage 2 (+ vision) ->
+    stage 3 (all) -> SFT; the SFT model folder."""
     init = out / "init"
     if not (init / "config.json").is_file():
         init_model_dir(init, corpus(args.tokenizer_per_family, args.seed), seed=args.seed)
@@ -115,6 +117,12 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
                                  eval_every=max(1, args.vision_tag_steps // 4), seed=args.seed,
                                  out_dir=str(out / "tags"))
         model = run_stage("tags", "vision_tags", tag_args, out)
+    if args.vision_dense_steps:
+        dense_args = VisionDenseArgs(model=str(model), steps=args.vision_dense_steps, batch_size=args.batch_size,
+                                     text_share=args.vision_dense_text_share, precision=args.precision,
+                                     eval_n=args.vision_tag_eval_n, eval_every=max(1, args.vision_dense_steps // 4),
+                                     seed=args.seed, out_dir=str(out / "dense"))
+        model = run_stage("dense", "vision_dense", dense_args, out)
     for stage, steps in enumerate(int(s) for s in args.stage_steps):
         if steps == 0:  # a skipped stage: the next one starts from the previous model
             print(f"[demo] stage{stage + 1}: skipped (0 steps)", file=sys.stderr)

@@ -22,7 +22,7 @@ def _run(out_dir):
 
 def test_pipeline_runs_every_stage_and_is_deterministic(tmp_path):
     result, digest, scores = _run(tmp_path / "a")
-    for stage in ("tags", "stage1", "stage2", "stage3", "sft", "rl"):
+    for stage in ("tags", "dense", "stage1", "stage2", "stage3", "sft", "rl"):
         assert (tmp_path / "a" / stage / "model" / "config.json").is_file(), stage
     assert result["model"].endswith("rl/model") and result["total_s"] > 0
     assert {s["mode"] for s in scores} == {"short", "long"}
@@ -45,8 +45,9 @@ def test_a_zero_step_stage_is_skipped_and_the_next_starts_from_the_one_before(tm
     monkeypatch.setattr(demo, "run_stage", fake_stage)
     args = demo.DemoArgs(out_dir=str(tmp_path), stage_steps=["4", "4", "0"], vision_lr=1e-4)
     sft_dir = demo.train(args, tmp_path, {"caption": tmp_path / "c.jsonl", "sft": tmp_path / "s.jsonl"})
-    assert [name for name, _ in calls] == ["tags", "stage1", "stage2", "sft"]
-    assert calls[1][1] == str(tmp_path / "tags" / "model")  # stage 1 starts from the tag-trained vision tower
+    assert [name for name, _ in calls] == ["tags", "dense", "stage1", "stage2", "sft"]
+    assert calls[1][1] == str(tmp_path / "tags" / "model")  # the dense stage starts from the tag-trained tower
+    assert calls[2][1] == str(tmp_path / "dense" / "model")  # stage 1 from the dense stage's
     assert calls[-1][1] == str(tmp_path / "stage2" / "model")
     assert sft_dir == tmp_path / "sft" / "model"
-    assert vision_lrs == [None, 1e-4, 1e-4, 1e-4]  # the tag stage has its own LR; the later stages get vision_lr
+    assert vision_lrs == [None, None, 1e-4, 1e-4, 1e-4]  # the vision stages have their own LR; the later get vision_lr

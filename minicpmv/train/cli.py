@@ -127,6 +127,26 @@ class VisionTagArgs:
     out_dir: str = "runs/vision_tags"  # metrics.jsonl, tags.json (the vocabulary) and model/
 
 
+@dataclass
+class VisionDenseArgs:
+    """Dense vision pre-training: every ViT patch learns the object or character it shows (synthetic images).
+
+    Runs after the caption tags and before stage 1 of the demo model (minicpmv/train/dense.py,
+    recipes/vision_dense.py)."""
+
+    model: str = ""  # model folder (official format) to start from, e.g. the caption-tag stage's model
+    steps: int = 1000
+    lr: float = 1e-3  # peak LR (warmup 10 steps, cosine to a tenth)
+    batch_size: int = 16  # images per step, generated on the fly
+    text_share: float = 0.5  # share of text images (the rest: 1-6 coloured shapes)
+    weight_decay: float = 0.1
+    precision: str = "bf16"  # bf16 autocast | fp32
+    eval_n: int = 200  # held-out images (their own seed), scored every eval_every steps
+    eval_every: int = 250
+    seed: int = 0
+    out_dir: str = "runs/vision_dense"  # metrics.jsonl and model/
+
+
 # ---- dataclass <-> flags / config file ------------------------------------------------------------------
 def build_parser(cls: type, prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
@@ -196,9 +216,10 @@ def resolved_config(args: Any) -> dict[str, Any]:
 
 # ---- `minicpmv train ...` -----------------------------------------------------------------------------
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `train {pretrain,sft,vision-tags,export,merge-lora}` to the `minicpmv` command."""
+    """Add `train {pretrain,sft,vision-tags,vision-dense,export,merge-lora}` to the `minicpmv` command."""
     sub = command_group(subparsers, "train", "pre-train / fine-tune (with LoRA), export checkpoints, merge LoRA")
-    for name, cls in (("pretrain", PretrainArgs), ("sft", SFTArgs), ("vision_tags", VisionTagArgs)):
+    for name, cls in (("pretrain", PretrainArgs), ("sft", SFTArgs), ("vision_tags", VisionTagArgs),
+                      ("vision_dense", VisionDenseArgs)):
         command = name.replace("_", "-")  # `minicpmv train vision-tags` runs recipes/vision_tags.py
         p = sub.add_parser(command, help=cls.__doc__.splitlines()[0], parents=[build_parser(cls, command)],
                            add_help=False)

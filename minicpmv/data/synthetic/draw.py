@@ -66,7 +66,7 @@ def background(rng: random.Random, size: tuple[int, int]) -> Image.Image:
     return img
 
 
-def draw_shape(d: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], color: tuple[int, int, int]) -> None:
+def draw_shape(d: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], color: tuple[int, int, int] | int) -> None:
     """Fill `shape` inside box (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
     if shape == "circle":
@@ -98,6 +98,15 @@ def grid_boxes(rng: random.Random, n: int, size: int, cells: int, margin: int = 
 def text_image(rng: random.Random, text: str, size: tuple[int, int], max_angle: float = 10.0) -> Image.Image:
     """`text` in a random font, size and dark colour, rotated by up to ±max_angle degrees, centred
     with jitter on a random background."""
+    return text_with_boxes(rng, text, size, max_angle)[0]
+
+
+def text_with_boxes(rng: random.Random, text: str, size: tuple[int, int],
+                    max_angle: float = 10.0) -> tuple[Image.Image, Image.Image]:
+    """`text_image`, and a mode-'L' map of where each character is: its box filled with 1 + its index in
+    `text`, rotated with the text, 0 elsewhere (the label map of the dense vision stage, minicpmv/train/dense.py).
+    The map costs no draws from `rng`: the image is the same as without it. Example: 'AB' -> pixels of A's
+    box are 1, of B's box 2."""
     w, h = size
     img = background(rng, size)
     path, font_size = pick_font_file(rng), rng.randint(h // 4, h // 3)
@@ -113,6 +122,11 @@ def text_image(rng: random.Random, text: str, size: tuple[int, int], max_angle: 
     x = (w - (right - left)) // 2 - left + rng.randint(-w // 20, w // 20)
     y = (h - (bottom - top)) // 2 - top + rng.randint(-h // 10, h // 10)
     d.text((x, y), text, font=font, fill=color)
-    layer = layer.rotate(rng.uniform(-max_angle, max_angle), resample=Image.BICUBIC, center=(w / 2, h / 2))
+    boxes = Image.new("L", size, 0)
+    b = ImageDraw.Draw(boxes)
+    for i, ch in enumerate(text):
+        b.rectangle(d.textbbox((x + d.textlength(text[:i], font=font), y), ch, font=font), fill=i + 1)
+    angle = rng.uniform(-max_angle, max_angle)
+    layer = layer.rotate(angle, resample=Image.BICUBIC, center=(w / 2, h / 2))
     img.paste(layer, (0, 0), layer)
-    return img
+    return img, boxes.rotate(angle, resample=Image.NEAREST, center=(w / 2, h / 2))

@@ -88,14 +88,26 @@ def _shapes_image(rng: random.Random, items: list[tuple[str, str]]) -> tuple[Ima
     """The items drawn in random cells of a 3 x 3 grid, and the items in reading order (row by row, left to
     right), the order captions and traces name them in: a described order the image determines is learnable,
     a random one is not. Example: a blue square top right and a red circle bottom left -> [blue square, red circle]."""
+    img, items, _ = shapes_with_map(rng, items)
+    return img, items
+
+
+def shapes_with_map(rng: random.Random,
+                    items: list[tuple[str, str]]) -> tuple[Image.Image, list[tuple[str, str]], Image.Image]:
+    """`_shapes_image`, and a mode-'L' map of where each shape is: filled with 1 + its index in the reading
+    order, 0 elsewhere (the label map of the dense vision stage; no extra draws from `rng`)."""
     img = background(rng, (IMAGE_SIDE, IMAGE_SIDE))
     d = ImageDraw.Draw(img)
     step = IMAGE_SIDE // 3
     placed = []
     for (color, shape), box in zip(items, grid_boxes(rng, len(items), IMAGE_SIDE, 3)):
         draw_shape(d, shape, box, COLORS[color])
-        placed.append((box[1] // step, box[0] // step, (color, shape)))  # (cell row, cell column, item)
-    return img, [item for _, _, item in sorted(placed)]
+        placed.append((box[1] // step, box[0] // step, (color, shape), box))  # (cell row, cell column, item, box)
+    placed.sort(key=lambda p: p[:2])
+    where = Image.new("L", img.size, 0)
+    for i, (_, _, (_, shape), box) in enumerate(placed):
+        draw_shape(ImageDraw.Draw(where), shape, box, i + 1)
+    return img, [item for _, _, item, _ in placed], where
 
 
 def make_count(rng: random.Random, split: str) -> dict[str, Any]:
