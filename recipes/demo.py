@@ -38,7 +38,7 @@ SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preproce
 class DemoArgs:
     """The demo pipeline (all sizes chosen for a 2-core CPU)."""
 
-    out_dir: str = "out/demo"  # run folder: data/, init/, tags/, dense/, stage1..3/, sft/, rl/, eval_*.json, timings.json
+    out_dir: str = "out/demo"  # run folder: data/, init/, tags/, dense/, stage1..3/, sft/, rl/, eval_*.json, ...
     seed: int = 0  # data, initialisation and training seed
     tokenizer_per_family: int = 200  # samples per task family whose text trains the BPE tokenizer
     caption_per_family: int = 60  # pre-training captions per task family

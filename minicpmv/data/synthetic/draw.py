@@ -66,8 +66,9 @@ def background(rng: random.Random, size: tuple[int, int]) -> Image.Image:
     return img
 
 
-def draw_shape(d: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], color: tuple[int, int, int] | int) -> None:
-    """Fill `shape` inside box (x0, y0, x1, y1)."""
+def draw_shape(d: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int],
+               color: tuple[int, int, int] | int) -> None:
+    """Fill `shape` inside box (x0, y0, x1, y1) with `color` (an int on a mode-'L' label map)."""
     x0, y0, x1, y1 = box
     if shape == "circle":
         d.ellipse(box, fill=color)

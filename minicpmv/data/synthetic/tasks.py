@@ -105,8 +105,9 @@ def shapes_with_map(rng: random.Random,
         placed.append((box[1] // step, box[0] // step, (color, shape), box))  # (cell row, cell column, item, box)
     placed.sort(key=lambda p: p[:2])
     where = Image.new("L", img.size, 0)
+    marks = ImageDraw.Draw(where)
     for i, (_, _, (_, shape), box) in enumerate(placed):
-        draw_shape(ImageDraw.Draw(where), shape, box, i + 1)
+        draw_shape(marks, shape, box, i + 1)
     return img, [item for _, _, item, _ in placed], where
 
 
