@@ -49,7 +49,7 @@ class DemoArgs:
     batch_size: int = 8
     max_length: int = 512
     vision_tag_steps: int = 10  # vision pre-training on caption tags before stage 1 (recipes/vision_tags.py; 0 = skip)
-    vision_tag_eval_n: int = 2  # captioned images it holds out and scores
+    vision_tag_eval_n: int = 2  # captioned images it holds out and scores (the dense stage scores as many)
     vision_dense_steps: int = 10  # then a label per ViT patch (recipes/vision_dense.py; 0 = skip)
     vision_dense_text_share: float = 0.5  # share of text images in the dense stage (the rest: shapes)
     stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of stages 1, 2, 3 (0 = skip)

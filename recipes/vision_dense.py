@@ -27,7 +27,7 @@ from minicpmv.processor.processor import Processor
 from minicpmv.train.checkpoint import copy_model_files
 from minicpmv.train.cli import VisionDenseArgs, parse_args, resolved_config
 from minicpmv.train.dense import IGNORE, dense_batch, dense_scores, patch_logits
-from minicpmv.train.optim import Schedule, build_scheduler
+from minicpmv.train.optim import Schedule, build_scheduler, optimizer_step
 
 
 def main(args: VisionDenseArgs) -> dict:
@@ -68,11 +68,7 @@ def main(args: VisionDenseArgs) -> dict:
                 logits = patch_logits(model, head, slices, sizes)  # [B, L_max, C]
             loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                                      ignore_index=IGNORE)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(loss, optimizer, params, scheduler)
             row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
             if step % args.eval_every == 0 or step == args.steps:
                 row.update(evaluate())

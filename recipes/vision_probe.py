@@ -36,6 +36,7 @@ from minicpmv.data.synthetic.suite import make
 from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
 from minicpmv.train.cli import parse_args
+from minicpmv.train.optim import optimizer_step
 
 POOLS = ("vit_max", "vit_mean", "resampler_mean", "resampler_max")
 
@@ -123,10 +124,7 @@ def train_probe(model: MiniCPMV, processor: Processor, pool: str, args: ProbeArg
         with torch.set_grad_enabled(not args.frozen):
             features = pooled(model, pool, *slices_of(processor, list(images)))  # [batch, width]
         loss = torch.nn.functional.cross_entropy(head(features), torch.tensor(labels))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(loss, opt, params)
         if step % args.eval_every == 0 or step == args.steps:
             curve.append({"step": step, "loss": loss.item(), "accuracy": accuracy(model, head, pool, test),
                           "seconds": time.perf_counter() - began})

@@ -26,7 +26,7 @@ from minicpmv.model.minicpmv import MiniCPMV
 from minicpmv.processor.processor import Processor
 from minicpmv.train.checkpoint import copy_model_files
 from minicpmv.train.cli import VisionTagArgs, parse_args, resolved_config
-from minicpmv.train.optim import Schedule, build_scheduler
+from minicpmv.train.optim import Schedule, build_scheduler, optimizer_step
 from minicpmv.train.tags import (TagHeads, caption_phrases, caption_tags, multi_hot, pooled_features, tag_loss,
                                  tag_scores, tag_vocabulary)
 
@@ -118,11 +118,7 @@ def main(args: VisionTagArgs) -> dict:
             with autocast:
                 logits = heads(*pooled_features(model, *load_batch(processor, [where[i] for i in picked])))
             loss = tag_loss(logits, targets[picked])
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(loss, optimizer, params, scheduler)
             row = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
             if step % args.eval_every == 0 or step == args.steps:
                 row.update(evaluate())

@@ -125,3 +125,15 @@ def build_optimizer(
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR applying `schedule.factor(step)` to every group's peak LR."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, max_norm: float = 1.0) -> None:
+    """One single-process step on one loss: clear the gradients, backward, clip their norm to `max_norm`, step the
+    optimiser, then the schedule (when given). The loop of the small vision recipes (tags, dense, probe)."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
