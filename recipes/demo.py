@@ -71,7 +71,7 @@ class DemoArgs:
 
 
 def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
-    """The training files (kept when already written: the splits are deterministic)."""
+    """The training files (kept when already written with as many samples: the splits are deterministic)."""
     data, families = out / "data", list(FAMILIES)
     plans = {
         "caption": (families, args.caption_per_family, args.seed, {"form": "caption"}),
@@ -83,7 +83,8 @@ def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
     files = {}
     for name, (fams, n, seed, options) in plans.items():
         done = data / f"train_{options['form']}_p{''.join(map(str, options.get('packing', [3])))}_s{seed}.jsonl"
-        files[name] = done if done.is_file() else write_split(data, fams, "train", n, seed=seed, **options)
+        whole = done.is_file() and sum(1 for _ in open(done)) == len(fams) * n  # not one of another size
+        files[name] = done if whole else write_split(data, fams, "train", n, seed=seed, **options)
     return files
 
 
@@ -142,7 +143,8 @@ def reinforce(args: DemoArgs, out: Path, data: dict[str, Path], sft_dir: Path) -
 
     rl_args = RLArgs(model=str(sft_dir), data=[str(data["rl"])], prompts_per_step=args.rl_prompts_per_step,
                      group_size=args.rl_group_size, max_new_tokens=args.rl_max_new_tokens, steps=args.rl_steps,
-                     lr=args.rl_lr, seed=args.seed, out_dir=str(out / "rl"), plot=False, eval_every=0)
+                     lr=args.rl_lr, precision=args.precision, seed=args.seed, out_dir=str(out / "rl"), plot=False,
+                     eval_every=0)
     return run_stage("rl", "rl", rl_args, out)
 
 

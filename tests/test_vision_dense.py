@@ -93,3 +93,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert "--text-share 1.5" in err and "Traceback" not in err
     with pytest.raises(InputError, match="--precision .fp8.: use bf16 or fp32"):
         recipe.main(VisionDenseArgs(model=str(DEMO_DIR), precision="fp8", out_dir=str(tmp_path / "r")))
+    argv = ["train", "vision-dense", "--model", str(tmp_path), "--steps", "1", "--out-dir", str(tmp_path / "run")]
+    assert cli.main(argv) == 2  # a folder without config.json (e.g. <stage>/ instead of <stage>/model)
+    err = capsys.readouterr().err
+    assert "no config.json there" in err and "Traceback" not in err

@@ -47,6 +47,9 @@ class MiniCPMV(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device=None) -> "MiniCPMV":
         """Load `config.json` + `model.safetensors` (or shards) from a model folder, strictly."""
+        if not (Path(path) / "config.json").is_file():
+            raise InputError(f"{path}: no config.json there; give a model folder in the official format "
+                             f"(config.json + model.safetensors), e.g. a training stage's <out-dir>/model")
         config = ModelConfig.from_json(Path(path) / "config.json")
         with torch.device("meta"):
             model = cls(config)
