@@ -83,7 +83,7 @@ def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
     files = {}
     for name, (fams, n, seed, options) in plans.items():
         done = data / f"train_{options['form']}_p{''.join(map(str, options.get('packing', [3])))}_s{seed}.jsonl"
-        whole = done.is_file() and sum(1 for _ in open(done)) == len(fams) * n  # not one of another size
+        whole = done.is_file() and len(done.read_text().splitlines()) == len(fams) * n  # not one of another size
         files[name] = done if whole else write_split(data, fams, "train", n, seed=seed, **options)
     return files
 
