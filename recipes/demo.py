@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from minicpmv.data.synthetic import FAMILIES, corpus, write_split
+from minicpmv.data.synthetic.suite import split_path
 from minicpmv.data.synthetic.evaluate import as_json, evaluate, markdown_table
 from minicpmv.demo import DEMO_DIR, init_model_dir
 from minicpmv.model.minicpmv import MiniCPMV
@@ -82,7 +83,7 @@ def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
     }
     files = {}
     for name, (fams, n, seed, options) in plans.items():
-        done = data / f"train_{options['form']}_p{''.join(map(str, options.get('packing', [3])))}_s{seed}.jsonl"
+        done = split_path(data, "train", options["form"], options.get("packing", 3), seed)
         whole = done.is_file() and len(done.read_text().splitlines()) == len(fams) * n  # not one of another size
         files[name] = done if whole else write_split(data, fams, "train", n, seed=seed, **options)
     return files

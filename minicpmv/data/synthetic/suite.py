@@ -72,6 +72,13 @@ def save_record(sample: dict[str, Any], media_dir: Path, name: str) -> dict[str,
     return record
 
 
+def split_path(out_dir: str | Path, split: str, form: str, packing: int | Sequence[int], seed: int) -> Path:
+    """Where `write_split` writes a split: `<out_dir>/<split>_<form>_p<packings>_s<seed>.jsonl`.
+    Example: ("data", "train", "mixed", [1, 2, 3, 3], 0) -> data/train_mixed_p1233_s0.jsonl."""
+    choices = [packing] if isinstance(packing, int) else list(packing)
+    return Path(out_dir) / f"{split}_{form}_p{''.join(map(str, choices))}_s{seed}.jsonl"
+
+
 def write_split(out_dir: str | Path, families: Sequence[str], split: str, per_family: int, *, seed: int = 0,
                 form: str = "short", long_share: float = 0.0, packing: int | Sequence[int] = 3) -> Path:
     """Write `per_family` samples of each family to `<out_dir>/<name>.jsonl` (+ media) and return the path.
@@ -83,12 +90,10 @@ def write_split(out_dir: str | Path, families: Sequence[str], split: str, per_fa
     """
     if form not in ("caption", "short", "mixed"):
         raise ValueError(f"form {form!r}; use 'caption', 'short' or 'mixed'")
-    out_dir = Path(out_dir)
     choices = [packing] if isinstance(packing, int) else list(packing)
-    name = f"{split}_{form}_p{''.join(map(str, choices))}_s{seed}"
-    media = out_dir / f"{name}_media"
+    path = split_path(out_dir, split, form, choices, seed)
+    media = path.with_name(f"{path.stem}_media")
     media.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.jsonl"
     partial = path.with_suffix(".jsonl.partial")  # renamed when complete: an existing .jsonl is whole
     with open(partial, "w") as f:
         for sample in iter_split(families, split, per_family, seed):
