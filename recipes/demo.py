@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from minicpmv.data.synthetic import FAMILIES, corpus, write_split
-from minicpmv.data.synthetic.suite import split_path
+from minicpmv.data.synthetic import FAMILIES, corpus, split_path, write_split
 from minicpmv.data.synthetic.evaluate import as_json, evaluate, markdown_table
 from minicpmv.demo import DEMO_DIR, init_model_dir
 from minicpmv.model.minicpmv import MiniCPMV

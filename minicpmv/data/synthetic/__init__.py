@@ -15,7 +15,7 @@ how many times a light flashed, which of two shapes moves faster, which digit is
 `evaluate.py`) scores a model on the held-out split per family and mode.
 """
 
-from minicpmv.data.synthetic.suite import SPLITS, corpus, iter_split, make, sample_seed, write_split
+from minicpmv.data.synthetic.suite import SPLITS, corpus, iter_split, make, sample_seed, split_path, write_split
 from minicpmv.data.synthetic.tasks import FAMILIES, with_mode
 
-__all__ = ["FAMILIES", "SPLITS", "corpus", "iter_split", "make", "sample_seed", "with_mode", "write_split"]
+__all__ = ["FAMILIES", "SPLITS", "corpus", "iter_split", "make", "sample_seed", "split_path", "with_mode", "write_split"]
