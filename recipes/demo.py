@@ -1,7 +1,8 @@
 """The embedded demo model, end to end: synthetic data -> tokenizer + random init -> (optional) vision
 pre-training on caption tags and on a label per patch, the stand-in for a pre-trained SigLIP tower ->
-pre-training stages 1, 2, 3 -> SFT (short and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out
-evaluation -> the shipped bfloat16 copy in minicpmv/assets/demo.
+pre-training stages 1, 2, 3 -> (optional) SFT on the families the mix learns badly -> SFT (short
+and long-CoT, videos with 3D packing) -> hybrid GRPO -> held-out evaluation -> the shipped bfloat16 copy in
+minicpmv/assets/demo.
 
     .venv/bin/python recipes/demo.py --config configs/demo.toml            # or: bash runs/demo.sh
     .venv/bin/python recipes/demo.py --config configs/demo.toml --seed 1 --out-dir out/demo-seed1 --no-ship
@@ -55,6 +56,11 @@ class DemoArgs:
     stage_steps: list[str] = field(default_factory=lambda: ["15", "15", "60"])  # steps of stages 1, 2, 3 (0 = skip)
     vision_lr: float = 0.0  # peak LR of the vision tower and resampler in stages 1-3 and SFT (0 = the stage's LR)
     pretrain_lr: float = 2e-3
+    focus_families: list[str] = field(default_factory=list)  # SFT on these families alone before the mixed SFT
+    # (short answers): motion direction, never learnt in the 12-family mix, is learnt in a few hundred steps with
+    # colour and count beside it (docs/demo-model.md, "A focus stage")
+    focus_per_family: int = 1000  # focus samples per family (the SFT split's seed: the same images, short form)
+    focus_steps: int = 0  # 0 = no focus stage
     sft_steps: int = 200
     sft_lr: float = 1e-3
     rl_steps: int = 10  # hybrid GRPO steps after SFT (0 = ship the SFT model)
@@ -80,11 +86,15 @@ def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
         # GRPO prompts: fresh arithmetic samples (a different seed), the answer is the reference
         "rl": (["arith"], args.rl_prompts, args.seed + 1000, {"form": "short"}),
     }
+    if args.focus_steps:
+        plans["focus"] = (list(args.focus_families), args.focus_per_family, args.seed,
+                          {"form": "short", "packing": [int(p) for p in args.video_packing]})
     files = {}
     for name, (fams, n, seed, options) in plans.items():
-        done = split_path(data, "train", options["form"], options.get("packing", 3), seed)
+        folder = data / "_".join([name, *fams]) if name == "focus" else data  # form, packing, seed as the others
+        done = split_path(folder, "train", options["form"], options.get("packing", 3), seed)
         whole = done.is_file() and len(done.read_text().splitlines()) == len(fams) * n  # not one of another size
-        files[name] = done if whole else write_split(data, fams, "train", n, seed=seed, **options)
+        files[name] = done if whole else write_split(folder, fams, "train", n, seed=seed, **options)
     return files
 
 
@@ -104,7 +114,7 @@ def run_stage(name: str, recipe: str, args, out: Path) -> Path:
 
 def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
     """init -> caption tags (vision) -> patch labels (vision) -> stage 1 (resampler) -> stage 2 (+ vision) ->
-    stage 3 (all) -> SFT; the SFT model folder."""
+    stage 3 (all) -> focus SFT (a few families alone) -> SFT; the SFT model folder."""
     init = out / "init"
     if not (init / "config.json").is_file():
         init_model_dir(init, corpus(args.tokenizer_per_family, args.seed), seed=args.seed)
@@ -132,6 +142,10 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
                                   lr=args.pretrain_lr, decay_steps=steps // 3, out_dir=str(out / f"stage{stage + 1}"),
                                   **common)
         model = run_stage(f"stage{stage + 1}", "pretrain", stage_args, out)
+    if args.focus_steps:
+        focus_args = SFTArgs(model=str(model), data=[str(data["focus"])], steps=args.focus_steps, lr=args.sft_lr,
+                             schedule="cosine", out_dir=str(out / "focus"), **common)
+        model = run_stage("focus", "sft", focus_args, out)
     sft_args = SFTArgs(model=str(model), data=[str(data["sft"])], steps=args.sft_steps, lr=args.sft_lr,
                        schedule="cosine", out_dir=str(out / "sft"), **common)
     return run_stage("sft", "sft", sft_args, out)

@@ -62,3 +62,29 @@ def test_training_files_are_kept_only_when_they_hold_as_many_samples(tmp_path):
     files = demo.build_data(more, tmp_path)
     assert len(files["rl"].read_text().splitlines()) == 5  # a file of 2 prompts is not taken for one of 5
     assert files["caption"].stat().st_mtime_ns == stamp  # the unchanged caption file is kept
+
+
+def test_a_focus_stage_runs_between_stage_3_and_the_sft_on_its_families_alone(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo, "init_model_dir", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "corpus", lambda *a: [])
+    monkeypatch.setattr(demo, "run_stage", lambda name, recipe, args, out: calls.append((name, args)) or
+                        tmp_path / name / "model")
+    args = demo.DemoArgs(out_dir=str(tmp_path), caption_per_family=1, sft_per_family=1, rl_prompts=1,
+                         focus_families=["vid_dir", "color"], focus_per_family=2, focus_steps=7)
+    data = demo.build_data(args, tmp_path)
+    rows = [json.loads(line) for line in data["focus"].read_text().splitlines()]
+    assert sorted(r["family"] for r in rows) == ["color", "color", "vid_dir", "vid_dir"]
+    assert all("<think>" not in json.dumps(r["conversations"]) for r in rows)  # short answers only
+    demo.train(args, tmp_path, data)
+    assert [name for name, _ in calls][-3:] == ["stage3", "focus", "sft"]
+    (_, focus), (_, sft) = calls[-2:]
+    assert focus.steps == 7 and focus.data == [str(data["focus"])] and focus.model == str(tmp_path / "stage3" / "model")
+    assert sft.model == str(tmp_path / "focus" / "model")
+    other = demo.DemoArgs(out_dir=str(tmp_path), caption_per_family=1, sft_per_family=1, rl_prompts=1,
+                          focus_families=["count", "color"], focus_per_family=2, focus_steps=7)
+    rows = [json.loads(line) for line in demo.build_data(other, tmp_path)["focus"].read_text().splitlines()]
+    assert {r["family"] for r in rows} == {"count", "color"}  # not the file of other families
+    calls.clear()
+    demo.train(demo.DemoArgs(out_dir=str(tmp_path), focus_families=["vid_dir"], focus_steps=0), tmp_path, data)
+    assert "focus" not in [name for name, _ in calls]  # 0 steps: no focus stage
