@@ -57,8 +57,8 @@ class DemoArgs:
     vision_lr: float = 0.0  # peak LR of the vision tower and resampler in stages 1-3 and SFT (0 = the stage's LR)
     pretrain_lr: float = 2e-3
     focus_families: list[str] = field(default_factory=list)  # SFT on these families alone before the mixed SFT
-    # (short answers): motion direction, never learnt in the 12-family mix, is learnt in a few hundred steps with
-    # colour and count beside it (docs/demo-model.md, "A focus stage")
+    # (short answers): motion direction, never learnt in the 12-family mix, is learnt alone in a few hundred steps
+    # and kept through the mix (docs/demo-model.md, the fourteenth run)
     focus_per_family: int = 1000  # focus samples per family (the SFT split's seed: the same images, short form)
     focus_steps: int = 0  # 0 = no focus stage
     sft_steps: int = 200
@@ -78,20 +78,20 @@ class DemoArgs:
 
 def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
     """The training files (kept when already written with as many samples: the splits are deterministic)."""
-    data, families = out / "data", list(FAMILIES)
+    data, families, packing = out / "data", list(FAMILIES), [int(p) for p in args.video_packing]
     plans = {
         "caption": (families, args.caption_per_family, args.seed, {"form": "caption"}),
         "sft": (families, args.sft_per_family, args.seed,
-                {"form": "mixed", "long_share": args.long_share, "packing": [int(p) for p in args.video_packing]}),
+                {"form": "mixed", "long_share": args.long_share, "packing": packing}),
         # GRPO prompts: fresh arithmetic samples (a different seed), the answer is the reference
         "rl": (["arith"], args.rl_prompts, args.seed + 1000, {"form": "short"}),
     }
     if args.focus_steps:
         plans["focus"] = (list(args.focus_families), args.focus_per_family, args.seed,
-                          {"form": "short", "packing": [int(p) for p in args.video_packing]})
+                          {"form": "short", "packing": packing})
     files = {}
     for name, (fams, n, seed, options) in plans.items():
-        folder = data / "_".join([name, *fams]) if name == "focus" else data  # form, packing, seed as the others
+        folder = data / "_".join([name, *fams]) if name == "focus" else data  # its file name could be another split's
         done = split_path(folder, "train", options["form"], options.get("packing", 3), seed)
         whole = done.is_file() and len(done.read_text().splitlines()) == len(fams) * n  # not one of another size
         files[name] = done if whole else write_split(folder, fams, "train", n, seed=seed, **options)
