@@ -78,7 +78,7 @@ def main(args: PretrainArgs) -> dict:
         share = decay_mix(schedule, step, args.decay_mix) if args.decay_data else 0.0
         stream.set_weights({"main": 1.0 - share, **({"decay": share} if args.decay_data else {})})
         batches = loop.next_batches(stream, args.batch_size, args.grad_accum, args.packing, args.max_length,
-                                    processor.tokenizer.pad_id)
+                                    processor.tokenizer.pad_id, args.loss_per_sample)
         t = time.perf_counter()
         stats = loop.train_step(train_model, batches, optimizer, scheduler, env, args.clip_grad, amp)
         seconds = time.perf_counter() - t

@@ -80,7 +80,7 @@ def main(args: SFTArgs) -> dict:
     began, tokens, stats = time.perf_counter(), 0, None
     for step in range(start, args.steps):
         batches = loop.next_batches(stream, args.batch_size, args.grad_accum, args.packing, args.max_length,
-                                    processor.tokenizer.pad_id)
+                                    processor.tokenizer.pad_id, args.loss_per_sample)
         t = time.perf_counter()
         stats = loop.train_step(train_model, batches, optimizer, scheduler, env, args.clip_grad, amp)
         seconds = time.perf_counter() - t

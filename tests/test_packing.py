@@ -103,3 +103,22 @@ def test_a_text_only_batch_keeps_every_vision_parameter_in_the_graph(tiny, sampl
     _, grads = _loss_and_grads(model, pad(text_only, processor.tokenizer.pad_id))
     assert set(grads) == {n for n, _ in model.named_parameters()}
     assert all(float(grads[n].abs().sum()) == 0.0 for n in grads if n.startswith(("vpm.", "resampler.")))
+
+
+def _mean_loss(model, batch) -> float:
+    loss_sum, weight = TokenLoss(model)(**{k: batch[k] for k in batch.keys()})
+    return loss_sum.item() / weight.item()
+
+
+def test_per_sample_loss_is_the_mean_of_each_samples_own_token_mean(tiny, samples):
+    """A 3-token answer and a 40-token trace weigh the same; packed and padded agree."""
+    model, processor = tiny
+    pad_id = processor.tokenizer.pad_id
+    with torch.no_grad():
+        own = [_mean_loss(model, pad([s], pad_id)) for s in samples]  # each sample alone: its token mean
+        for batch in (pad(samples, pad_id, per_sample=True), pack(samples, 400, pad_id, per_sample=True)):
+            assert batch.target_weight == pytest.approx(len(samples))
+            assert _mean_loss(model, batch) == pytest.approx(sum(own) / len(own), abs=1e-5)
+        token_mean = _mean_loss(model, pad(samples, pad_id))
+    assert abs(token_mean - sum(own) / len(own)) > 1e-3  # the samples differ in length, so the two means differ
+    assert "label_weights" not in pad(samples, pad_id).keys()  # token mean: no weights at all

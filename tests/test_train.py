@@ -177,14 +177,27 @@ def test_args_come_from_a_config_file_with_flags_overriding(tmp_path):
     assert (args.stage, args.decay_data, args.lr, args.data, args.schedule) == (2, ["b.jsonl"], 2e-5, ["a.jsonl"], "wsd")
 
 
-def test_gradient_accumulation_equals_one_large_batch(tmp_path, base):
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_gradient_accumulation_equals_one_large_batch(tmp_path, base, per_sample):
     runs = {}
     for name, batch_size, grad_accum in (("big", 4, 1), ("accum", 2, 2)):
-        overrides = dict(steps=2, batch_size=batch_size, grad_accum=grad_accum, out_dir=str(tmp_path / name))
+        overrides = dict(steps=2, batch_size=batch_size, grad_accum=grad_accum, out_dir=str(tmp_path / name),
+                         loss_per_sample=per_sample)
         load_recipe("pretrain").main(PretrainArgs(stage=3, **{**base, **overrides}))
         runs[name] = read_metrics(tmp_path / name)
     assert [r["tokens"] for r in runs["big"]] == [r["tokens"] for r in runs["accum"]]
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(runs["big"], runs["accum"])) <= 1e-5
+
+
+def test_sft_loss_per_sample_is_a_different_mean_of_the_same_first_batch(tmp_path, base):
+    first = {}
+    for per_sample in (False, True):
+        out = tmp_path / str(per_sample)
+        load_recipe("sft").main(SFTArgs(**{**base, "steps": 1, "batch_size": 4, "out_dir": str(out),
+                                           "loss_per_sample": per_sample}))
+        first[per_sample] = read_metrics(out)[0]
+    assert first[False]["tokens"] == first[True]["tokens"]  # the same samples
+    assert abs(first[False]["loss"] - first[True]["loss"]) > 1e-3  # weighted otherwise (tests/test_packing.py)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("pretrain_*.toml")) + sorted((ROOT / "configs").glob("sft_*.toml")))

@@ -4,6 +4,11 @@ Packing puts several samples into one row of at most `max_length` tokens. Each s
 positions (restarting at 0) and attends only inside itself (a block-diagonal causal mask), so the
 loss of a packed batch equals the loss of the same samples padded (tested), while far fewer padding
 tokens are computed.
+
+Loss weights: with `per_sample=False` (label_weights None) the loss is the mean over the batch's
+supervised tokens; with `per_sample=True` each sample's positions weigh 1 / its number of supervised
+positions (`label_weights`), so the loss is the mean over samples of each sample's token mean, and a
+1-token answer counts as much as a 40-token trace.
 """
 
 from __future__ import annotations
@@ -26,26 +31,38 @@ class TrainBatch(Batch):
                     mask (packed rows; True = may attend)
     position_ids:   int64[R, T], restarting at 0 for each sample
     labels:         int64[R, T], -100 on prompts, padding and the first token of every sample
+    label_weights:  float32[R, T], the loss weight of each label, or None = all 1 (module docstring)
     num_samples:    samples in the batch        } not model inputs
     num_tokens:     real (non-padding) tokens   }
     """
 
     position_ids: torch.Tensor | None = None
+    label_weights: torch.Tensor | None = None
     num_samples: int = 0
     num_tokens: int = 0
 
     def keys(self) -> list[str]:
-        return [k for k in super().keys() if k not in ("num_samples", "num_tokens")]
+        return [k for k in super().keys()
+                if k not in ("num_samples", "num_tokens") and not (k == "label_weights" and self.label_weights is None)]
 
     def to(self, device: torch.device | str) -> "TrainBatch":
         moved = super().to(device)
         return TrainBatch(**{k: getattr(moved, k) for k in Batch.keys(moved)}, position_ids=self.position_ids.to(device),
+                          label_weights=None if self.label_weights is None else self.label_weights.to(device),
                           num_samples=self.num_samples, num_tokens=self.num_tokens)
 
     @property
     def num_targets(self) -> int:
         """Supervised positions (labels are compared one step ahead: labels[:, 1:] != -100)."""
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    @property
+    def target_weight(self) -> float:
+        """Sum of the weights of the supervised positions: `num_targets`, or the number of samples with a
+        supervised token when the loss is averaged per sample."""
+        if self.label_weights is None:
+            return float(self.num_targets)
+        return float(self.label_weights[:, 1:][self.labels[:, 1:] != IGNORE_INDEX].sum())
 
 
 def plan_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -82,15 +99,16 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]  # [R, 1, T, T]
 
 
-def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int) -> TrainBatch:
+def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int, per_sample: bool = False) -> TrainBatch:
     """Pack samples into as few rows of `max_length` tokens as `plan_rows` finds (right padded).
 
     Positions restart at 0 per sample; image bounds move with their sample; the first label of each
     sample is dropped (-100) since it would be predicted from the previous sample's last token.
+    per_sample: weight each sample's labels by 1 / its supervised positions (module docstring).
     """
     rows = plan_rows([len(s.input_ids) for s in samples], max_length)
     width = max(sum(len(samples[i].input_ids) for i in row) for row in rows)
-    out = _empty(len(rows), width, pad_id, len(samples))
+    out = _empty(len(rows), width, pad_id, len(samples), per_sample)
     segments = torch.full((len(rows), width), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         at = 0
@@ -102,10 +120,11 @@ def pack(samples: Sequence[EncodedSample], max_length: int, pad_id: int) -> Trai
     return out
 
 
-def pad(samples: Sequence[EncodedSample], pad_id: int) -> TrainBatch:
-    """One sample per row, right padded to the longest; attention_mask is the [R, T] key mask."""
+def pad(samples: Sequence[EncodedSample], pad_id: int, per_sample: bool = False) -> TrainBatch:
+    """One sample per row, right padded to the longest; attention_mask is the [R, T] key mask.
+    per_sample: as in `pack`."""
     width = max(len(s.input_ids) for s in samples)
-    out = _empty(len(samples), width, pad_id, len(samples))
+    out = _empty(len(samples), width, pad_id, len(samples), per_sample)
     out.attention_mask = torch.zeros(len(samples), width, dtype=torch.long)  # [R, T]
     for r, s in enumerate(samples):
         n = _place(out, r, 0, s)
@@ -114,7 +133,7 @@ def pad(samples: Sequence[EncodedSample], pad_id: int) -> TrainBatch:
     return out
 
 
-def _empty(rows: int, width: int, pad_id: int, num_samples: int) -> TrainBatch:
+def _empty(rows: int, width: int, pad_id: int, num_samples: int, weighted: bool) -> TrainBatch:
     return TrainBatch(
         input_ids=torch.full((rows, width), pad_id, dtype=torch.long),  # [R, T]
         attention_mask=torch.empty(0),
@@ -124,18 +143,22 @@ def _empty(rows: int, width: int, pad_id: int, num_samples: int) -> TrainBatch:
         image_bounds=[torch.zeros((0, 2), dtype=torch.long) for _ in range(rows)],
         labels=torch.full((rows, width), IGNORE_INDEX, dtype=torch.long),  # [R, T]
         position_ids=torch.zeros((rows, width), dtype=torch.long),  # [R, T]
+        label_weights=torch.ones((rows, width), dtype=torch.float32) if weighted else None,  # [R, T]
         num_samples=num_samples,
         num_tokens=0,  # grows in `_place`
     )
 
 
 def _place(out: TrainBatch, row: int, at: int, s: EncodedSample) -> int:
-    """Write sample `s` into `row` from token `at`; return where it ends."""
+    """Write sample `s` into `row` from token `at` (its labels weighted 1 / their count when the batch has
+    label weights); return where it ends."""
     n = len(s.input_ids)
     end = at + n
     out.input_ids[row, at:end] = torch.tensor(s.input_ids, dtype=torch.long)
     out.labels[row, at:end] = torch.tensor(s.labels, dtype=torch.long)
     out.labels[row, at] = IGNORE_INDEX
+    if out.label_weights is not None:  # labels at..end-1 are exactly this sample's supervised positions
+        out.label_weights[row, at:end] = 1.0 / max(1, int((out.labels[row, at:end] != IGNORE_INDEX).sum()))
     out.position_ids[row, at:end] = torch.arange(n)
     out.num_tokens += n
     out.pixel_values[row].extend(s.pixel_values)

@@ -47,6 +47,8 @@ class TrainArgs:
     strict: bool = False  # a bad sample stops the run instead of being skipped and counted
     batch_size: int = 1  # samples per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
+    loss_per_sample: bool = False  # mean of each sample's token-mean loss (a 1-token answer weighs as much as a
+    # long trace) instead of the mean over all supervised tokens of the batch
     # optimisation
     steps: int = 100  # optimizer steps
     lr: float = 1e-5  # peak LR of the LLM

@@ -27,11 +27,13 @@ log = logging.getLogger("minicpmv.train")
 
 
 class TokenLoss(nn.Module):
-    """MiniCPMV -> (sum of next-token cross-entropies, number of supervised positions).
+    """MiniCPMV -> (weighted sum of next-token cross-entropies, sum of the weights of the supervised
+    positions): with all weights 1 (the default) the plain sum and the number of supervised positions.
 
     Logits are computed only where a label exists (the vocabulary is 151k wide), and the sum (not
-    the mean) lets `train_step` divide by the token count of the whole global batch, so gradient
-    accumulation, packing and the number of processes do not change the loss.
+    the mean) lets `train_step` divide by the total weight of the whole global batch, so gradient
+    accumulation, packing and the number of processes do not change the loss. label_weights:
+    float32[R, T] (`TrainBatch.label_weights`; per-sample means when each sample's weights sum to 1).
     """
 
     def __init__(self, model: MiniCPMV):
@@ -39,13 +41,16 @@ class TokenLoss(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, position_ids, labels, pixel_values=None, tgt_sizes=None,
-                temporal_ids=None, image_bounds=None) -> tuple[torch.Tensor, torch.Tensor]:
+                temporal_ids=None, image_bounds=None, label_weights=None) -> tuple[torch.Tensor, torch.Tensor]:
         embeds = self.model.embed(input_ids, pixel_values, tgt_sizes, temporal_ids, image_bounds)  # [R, T, D]
         hidden = self.model.llm(embeds, position_ids=position_ids, attention_mask=attention_mask)  # [R, T, D]
         target = labels[:, 1:]  # [R, T-1]: position t predicts token t+1
         keep = target != IGNORE_INDEX
         logits = self.model.llm.logits(hidden[:, :-1][keep])  # [N, V]
-        return F.cross_entropy(logits.float(), target[keep], reduction="sum"), keep.sum()
+        if label_weights is None:
+            return F.cross_entropy(logits.float(), target[keep], reduction="sum"), keep.sum()
+        weights = label_weights[:, 1:][keep].float()  # [N]
+        return (F.cross_entropy(logits.float(), target[keep], reduction="none") * weights).sum(), weights.sum()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -81,19 +86,21 @@ def setup_optimization(model: MiniCPMV, args: Any, env: DistEnv) -> Optimization
     return Optimization(train_model, optimizer, schedule, scheduler, autocast_dtype(args.precision, env.device))
 
 
-def next_batches(stream, batch_size: int, grad_accum: int, packing: bool, max_length: int, pad_id: int) -> list[TrainBatch]:
+def next_batches(stream, batch_size: int, grad_accum: int, packing: bool, max_length: int, pad_id: int,
+                 per_sample: bool = False) -> list[TrainBatch]:
     """The `grad_accum` micro-batches of `batch_size` samples of one optimizer step for this rank,
-    packed into rows of `max_length` tokens or padded (one sample per row)."""
+    packed into rows of `max_length` tokens or padded (one sample per row); per_sample: the loss is
+    averaged per sample, then over samples (`minicpmv.data.packing`)."""
     out = []
     for _ in range(grad_accum):
         samples: list[EncodedSample] = [stream.next() for _ in range(batch_size)]
-        out.append(pack(samples, max_length, pad_id) if packing else pad(samples, pad_id))
+        out.append(pack(samples, max_length, pad_id, per_sample) if packing else pad(samples, pad_id, per_sample))
     return out
 
 
 @dataclass
 class StepStats:
-    loss: float  # mean token loss over the global batch
+    loss: float  # mean token loss over the global batch (mean of per-sample means with per-sample weights)
     grad_norm: float  # before clipping
     lr: float  # LR of the first parameter group in this step (the LLM's when it trains)
     tokens: int  # real tokens of the global batch
@@ -106,11 +113,13 @@ def train_step(
 ) -> StepStats:
     """Forward/backward every micro-batch, then clip, step and advance the schedule.
 
-    Each micro loss is sum / N with N the supervised positions of the whole global batch (all
-    micro-batches, all ranks), times world_size because DDP/FSDP average gradients over ranks.
+    Each micro loss is (weighted) sum / W with W the total weight of the supervised positions of the
+    whole global batch (all micro-batches, all ranks: their number, or the number of samples with
+    per-sample weights), times world_size because DDP/FSDP average gradients over ranks.
     """
-    counts = torch.tensor([sum(b.num_targets for b in batches), sum(b.num_tokens for b in batches)], device=env.device)
-    n_targets, n_tokens = distributed.all_reduce_sum(counts).tolist()
+    counts = torch.tensor([sum(b.num_targets for b in batches), sum(b.num_tokens for b in batches),
+                           sum(b.target_weight for b in batches)], dtype=torch.float64, device=env.device)
+    n_targets, n_tokens, weight = distributed.all_reduce_sum(counts).tolist()
     if n_targets == 0:
         raise RuntimeError("no supervised token in this global batch; every sample needs assistant text")
     total = torch.zeros((), device=env.device)
@@ -118,7 +127,7 @@ def train_step(
         with distributed.grad_sync(model, enabled=i == len(batches) - 1):
             with torch.autocast(env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss_sum, _ = model(**_inputs(batch.to(env.device)))
-            (loss_sum * (env.world_size / n_targets)).backward()
+            (loss_sum * (env.world_size / weight)).backward()
         total += loss_sum.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
@@ -126,14 +135,14 @@ def train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    loss = distributed.all_reduce_sum(total).item() / n_targets
+    loss = distributed.all_reduce_sum(total).item() / weight
     norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     return StepStats(loss=loss, grad_norm=float(norm), lr=lr, tokens=int(n_tokens), targets=int(n_targets))
 
 
 def _inputs(batch: TrainBatch) -> dict[str, Any]:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "labels", "pixel_values",
-                                  "tgt_sizes", "temporal_ids", "image_bounds")}
+                                  "tgt_sizes", "temporal_ids", "image_bounds", "label_weights")}
 
 
 class MetricsLogger:
