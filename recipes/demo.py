@@ -61,8 +61,13 @@ class DemoArgs:
     # and kept through the mix (docs/demo-model.md, the fourteenth run)
     focus_per_family: int = 1000  # focus samples per family (the SFT split's seed: the same images, short form)
     focus_steps: int = 0  # 0 = no focus stage
+    boost_families: list[str] = field(default_factory=list)  # extra mixed SFT samples of these families (a seed of
+    # their own), raising their share of the mixed SFT
+    boost_per_family: int = 0  # extra samples per boosted family (0 = none)
     sft_steps: int = 200
     sft_lr: float = 1e-3
+    sft_loss_per_sample: bool = False  # mixed SFT loss: mean of each sample's token mean (short answers weigh as much
+    # as long traces) instead of the mean over all supervised tokens
     rl_steps: int = 10  # hybrid GRPO steps after SFT (0 = ship the SFT model)
     rl_prompts: int = 200  # arithmetic prompts for GRPO
     rl_prompts_per_step: int = 8
@@ -89,9 +94,12 @@ def build_data(args: DemoArgs, out: Path) -> dict[str, Path]:
     if args.focus_steps:
         plans["focus"] = (list(args.focus_families), args.focus_per_family, args.seed,
                           {"form": "short", "packing": packing})
+    if args.boost_per_family and args.boost_families:
+        plans["boost"] = (list(args.boost_families), args.boost_per_family, args.seed + 2000, plans["sft"][3])
     files = {}
     for name, (fams, n, seed, options) in plans.items():
-        folder = data / "_".join([name, *fams]) if name == "focus" else data  # its file name could be another split's
+        own = name in ("focus", "boost")
+        folder = data / "_".join([name, *fams]) if own else data  # its file name could be another split's
         done = split_path(folder, "train", options["form"], options.get("packing", 3), seed)
         whole = done.is_file() and len(done.read_text().splitlines()) == len(fams) * n  # not one of another size
         files[name] = done if whole else write_split(folder, fams, "train", n, seed=seed, **options)
@@ -146,8 +154,9 @@ def train(args: DemoArgs, out: Path, data: dict[str, Path]) -> Path:
         focus_args = SFTArgs(model=str(model), data=[str(data["focus"])], steps=args.focus_steps, lr=args.sft_lr,
                              schedule="cosine", out_dir=str(out / "focus"), **common)
         model = run_stage("focus", "sft", focus_args, out)
-    sft_args = SFTArgs(model=str(model), data=[str(data["sft"])], steps=args.sft_steps, lr=args.sft_lr,
-                       schedule="cosine", out_dir=str(out / "sft"), **common)
+    sft_data = [str(data["sft"])] + ([str(data["boost"])] if "boost" in data else [])
+    sft_args = SFTArgs(model=str(model), data=sft_data, steps=args.sft_steps, lr=args.sft_lr,
+                       schedule="cosine", loss_per_sample=args.sft_loss_per_sample, out_dir=str(out / "sft"), **common)
     return run_stage("sft", "sft", sft_args, out)
 
 

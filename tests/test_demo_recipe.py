@@ -88,3 +88,24 @@ def test_a_focus_stage_runs_between_stage_3_and_the_sft_on_its_families_alone(tm
     calls.clear()
     demo.train(demo.DemoArgs(out_dir=str(tmp_path), focus_families=["vid_dir"], focus_steps=0), tmp_path, data)
     assert "focus" not in [name for name, _ in calls]  # 0 steps: no focus stage
+
+
+def test_boosted_families_add_samples_of_their_own_seed_to_the_mixed_sft(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo, "init_model_dir", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "corpus", lambda *a: [])
+    monkeypatch.setattr(demo, "run_stage", lambda name, recipe, args, out: calls.append((name, args)) or
+                        tmp_path / name / "model")
+    args = demo.DemoArgs(out_dir=str(tmp_path), caption_per_family=1, sft_per_family=1, rl_prompts=1,
+                         boost_families=["color"], boost_per_family=3, sft_loss_per_sample=True)
+    data = demo.build_data(args, tmp_path)
+    boost = [json.loads(line) for line in data["boost"].read_text().splitlines()]
+    mixed = [json.loads(line) for line in data["sft"].read_text().splitlines()]
+    assert [r["family"] for r in boost] == ["color"] * 3
+    mixed_color = next(r for r in mixed if r["family"] == "color")
+    assert mixed_color["reasoning"] not in {r["reasoning"] for r in boost}  # other images: a seed of their own
+    demo.train(args, tmp_path, data)
+    (name, sft), = [c for c in calls if c[0] == "sft"]
+    assert sft.data == [str(data["sft"]), str(data["boost"])] and sft.loss_per_sample
+    assert "boost" not in demo.build_data(demo.DemoArgs(out_dir=str(tmp_path), caption_per_family=1, sft_per_family=1,
+                                                        rl_prompts=1, boost_families=["color"]), tmp_path)
