@@ -117,11 +117,13 @@ def train_step(
     whole global batch (all micro-batches, all ranks: their number, or the number of samples with
     per-sample weights), times world_size because DDP/FSDP average gradients over ranks.
     """
-    counts = torch.tensor([sum(b.num_targets for b in batches), sum(b.num_tokens for b in batches),
-                           sum(b.target_weight for b in batches)], dtype=torch.float64, device=env.device)
-    n_targets, n_tokens, weight = distributed.all_reduce_sum(counts).tolist()
+    counts = torch.tensor([sum(b.num_targets for b in batches), sum(b.num_tokens for b in batches)], device=env.device)
+    n_targets, n_tokens = distributed.all_reduce_sum(counts).tolist()
     if n_targets == 0:
         raise RuntimeError("no supervised token in this global batch; every sample needs assistant text")
+    weight = n_targets  # per-sample weights: their sum over the global batch instead
+    if any(b.label_weights is not None for b in batches):
+        weight = distributed.all_reduce_sum(torch.tensor(sum(b.target_weight for b in batches), device=env.device)).item()
     total = torch.zeros((), device=env.device)
     for i, batch in enumerate(batches):
         with distributed.grad_sync(model, enabled=i == len(batches) - 1):
