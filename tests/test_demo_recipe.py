@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from minicpmv.train.cli import load_recipe
 
 demo = load_recipe("demo")
@@ -64,12 +66,19 @@ def test_training_files_are_kept_only_when_they_hold_as_many_samples(tmp_path):
     assert files["caption"].stat().st_mtime_ns == stamp  # the unchanged caption file is kept
 
 
-def test_a_focus_stage_runs_between_stage_3_and_the_sft_on_its_families_alone(tmp_path, monkeypatch):
+@pytest.fixture
+def stage_calls(tmp_path, monkeypatch) -> list:
+    """`demo.train` with every stage recorded as (name, args) instead of run (and no init or tokenizer)."""
     calls = []
     monkeypatch.setattr(demo, "init_model_dir", lambda *a, **k: None)
     monkeypatch.setattr(demo, "corpus", lambda *a: [])
     monkeypatch.setattr(demo, "run_stage", lambda name, recipe, args, out: calls.append((name, args)) or
                         tmp_path / name / "model")
+    return calls
+
+
+def test_a_focus_stage_runs_between_stage_3_and_the_sft_on_its_families_alone(tmp_path, stage_calls):
+    calls = stage_calls
     args = demo.DemoArgs(out_dir=str(tmp_path), caption_per_family=1, sft_per_family=1, rl_prompts=1,
                          focus_families=["vid_dir", "color"], focus_per_family=2, focus_steps=7)
     data = demo.build_data(args, tmp_path)
@@ -90,12 +99,8 @@ def test_a_focus_stage_runs_between_stage_3_and_the_sft_on_its_families_alone(tm
     assert "focus" not in [name for name, _ in calls]  # 0 steps: no focus stage
 
 
-def test_boosted_families_add_samples_of_their_own_seed_to_the_mixed_sft(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(demo, "init_model_dir", lambda *a, **k: None)
-    monkeypatch.setattr(demo, "corpus", lambda *a: [])
-    monkeypatch.setattr(demo, "run_stage", lambda name, recipe, args, out: calls.append((name, args)) or
-                        tmp_path / name / "model")
+def test_boosted_families_add_samples_of_their_own_seed_to_the_mixed_sft(tmp_path, stage_calls):
+    calls = stage_calls
     args = demo.DemoArgs(out_dir=str(tmp_path), caption_per_family=1, sft_per_family=1, rl_prompts=1,
                          boost_families=["color"], boost_per_family=3, sft_loss_per_sample=True)
     data = demo.build_data(args, tmp_path)
